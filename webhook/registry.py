@@ -1,0 +1,253 @@
+"""Reads image configs from OCI registries, at the edge of the pure core.
+
+tag or digest -> manifest -> (index: the configured platform's manifest) -> config blob ->
+Labels, Env, Entrypoint, Cmd. The API server waits on every admission, so lookups run in
+parallel under one time budget, are cached (by digest for good, by tag for a TTL, failures
+briefly) and shared: concurrent admissions for one image cost the registry one lookup.
+
+Fail-open, by decision: a lookup that fails or runs out of time is left out of the result and
+detection decides from the rest; `resolve` never raises for a lookup failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import httpx
+from prometheus_client import Counter, Histogram
+
+from webhook.imageref import ImageRef, InvalidReference, parse
+from webhook.registry_auth import Credentials, parse_docker_config
+from webhook.registry_fetch import Fetched, LookupFailed, Platform, RegistryClient
+from webhook.types import ImageConfig
+
+log = logging.getLogger(__name__)
+
+# A lookup that outlives its caller's budget keeps filling the cache, but never past this.
+BACKGROUND_BUDGET = 10.0
+# At most this many distinct images are looked up at once; more are left out (fail-open).
+MAX_IN_FLIGHT = 256
+
+LOOKUPS = Counter(
+    "concurrency_injector_registry_lookups",
+    "Image config lookups per image and admission, by outcome "
+    "(hit, miss_ok, error, timeout, not_found, invalid, overloaded).",
+    ["outcome"],
+)
+CACHE_HITS = Counter(
+    "concurrency_injector_registry_cache_hits",
+    "Image config lookups answered from the cache without a registry request.",
+)
+LOOKUP_SECONDS = Histogram(
+    "concurrency_injector_registry_lookup_seconds",
+    "Duration of registry round trips for one image (manifest, index, config blob).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
+)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _LRU(Generic[K, V]):
+    """A dict bounded to `size` entries that evicts the least recently used."""
+
+    def __init__(self, size: int) -> None:
+        self._size = max(1, size)
+        self._data: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self._size:
+            self._data.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._data.pop(key, None)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A lookup that produced no config, and why (a metrics outcome)."""
+
+    outcome: str
+
+
+_Result = ImageConfig | _Failure
+
+
+def _copy(config: ImageConfig) -> ImageConfig:
+    """A copy a caller may change without touching the cache."""
+    return ImageConfig(
+        labels=dict(config["labels"]),
+        entrypoint=None if config["entrypoint"] is None else list(config["entrypoint"]),
+        cmd=None if config["cmd"] is None else list(config["cmd"]),
+        env=list(config["env"]),
+    )
+
+
+def _cache_key(ref: ImageRef) -> str:
+    return f"{ref.name}@{ref.digest}" if ref.digest else f"{ref.name}:{ref.tag}"
+
+
+def _load_credentials(path: str | None) -> dict[str, Credentials]:
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return parse_docker_config(handle.read())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"docker config {path!r}: {exc}") from exc
+
+
+class RegistryResolver:
+    """Resolves image references to their configs, cached and de-duplicated (an ImageResolver)."""
+
+    def __init__(
+        self,
+        *,
+        insecure_registries: Iterable[str] = (),
+        platform: str = "linux/amd64",
+        docker_config: str | None = None,
+        ca_file: str | None = None,
+        tag_ttl: float = 300.0,
+        failure_ttl: float = 30.0,
+        max_entries: int = 1024,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._client = RegistryClient(
+            insecure_registries=insecure_registries,
+            platform=Platform.parse(platform),
+            credentials=_load_credentials(docker_config),
+            ca_file=ca_file,
+            transport=transport,
+        )
+        self._tag_ttl = tag_ttl
+        self._failure_ttl = failure_ttl
+        # config digest -> config: content-addressed, so good for as long as it is kept.
+        self._configs: _LRU[str, ImageConfig] = _LRU(max_entries)
+        # name@manifest-digest -> config digest, for good; name:tag -> (expiry, config digest).
+        self._pinned: _LRU[str, str] = _LRU(max_entries)
+        self._tags: _LRU[str, tuple[float, str]] = _LRU(max_entries)
+        self._failures: _LRU[str, tuple[float, _Failure]] = _LRU(max_entries)
+        self._in_flight: dict[str, asyncio.Task[_Result]] = {}
+
+    async def resolve(self, images: list[str], *, timeout: float) -> dict[str, ImageConfig]:
+        """Configs of `images` read within `timeout` seconds, keyed as the pod spells them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        found: dict[str, ImageConfig] = {}
+        waiting: dict[str, asyncio.Task[_Result]] = {}
+        for image in dict.fromkeys(images):
+            try:
+                ref = parse(image)
+            except InvalidReference as exc:
+                log.debug("registry: %s", exc)
+                LOOKUPS.labels("invalid").inc()
+                continue
+            cached = self._cached(ref)
+            if isinstance(cached, _Failure):
+                LOOKUPS.labels(cached.outcome).inc()
+            elif cached is not None:
+                LOOKUPS.labels("hit").inc()
+                CACHE_HITS.inc()
+                found[image] = _copy(cached)
+            elif (task := self._lookup_task(ref)) is not None:
+                waiting[image] = task
+            else:
+                log.warning("registry: %d lookups in flight, skipping %s", MAX_IN_FLIGHT, image)
+                LOOKUPS.labels("overloaded").inc()
+        if waiting:
+            # asyncio.wait never cancels: a lookup past the deadline goes on to fill the cache.
+            await asyncio.wait(set(waiting.values()), timeout=max(0.0, deadline - loop.time()))
+        for image, task in waiting.items():
+            result = task.result() if task.done() else _Failure("timeout")
+            if isinstance(result, _Failure):
+                LOOKUPS.labels(result.outcome).inc()
+            else:
+                LOOKUPS.labels("miss_ok").inc()
+                found[image] = _copy(result)
+        return found
+
+    async def aclose(self) -> None:
+        """Stop lookups still running and close connections."""
+        tasks = list(self._in_flight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._client.aclose()
+
+    def _cached(self, ref: ImageRef) -> _Result | None:
+        """What the cache knows of `ref`: a config, a recent failure, or None."""
+        key, now = _cache_key(ref), time.monotonic()
+        failure = self._failures.get(key)
+        if failure is not None:
+            if failure[0] > now:
+                return failure[1]
+            self._failures.pop(key)
+        if ref.digest:
+            config_digest = self._pinned.get(key)
+        else:
+            entry = self._tags.get(key)
+            config_digest = entry[1] if entry is not None and entry[0] > now else None
+        return self._configs.get(config_digest) if config_digest else None
+
+    def _lookup_task(self, ref: ImageRef) -> asyncio.Task[_Result] | None:
+        """The running lookup for `ref`, started if there is none (single-flight)."""
+        key = _cache_key(ref)
+        task = self._in_flight.get(key)
+        if task is None and len(self._in_flight) < MAX_IN_FLIGHT:
+            task = asyncio.create_task(self._lookup(ref, key), name=f"registry:{key}")
+            self._in_flight[key] = task
+        return task
+
+    async def _lookup(self, ref: ImageRef, key: str) -> _Result:
+        """One registry round trip for `ref`, stored in the cache; never raises."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(BACKGROUND_BUDGET):
+                fetched = await self._client.fetch(
+                    ref, deadline=started + BACKGROUND_BUDGET, known=self._configs.get
+                )
+            return self._store(ref, key, fetched)
+        except LookupFailed as exc:
+            log.debug("registry: %s: %s", ref, exc)
+            return self._fail(key, exc.outcome)
+        except (TimeoutError, httpx.TimeoutException):
+            log.debug("registry: %s: timed out", ref)
+            return self._fail(key, "timeout")
+        except httpx.HTTPError as exc:
+            log.debug("registry: %s: %s", ref, exc)
+            return self._fail(key, "error")
+        except Exception:
+            # Fail-open: an unexpected failure must not reach an admission.
+            log.warning("registry: unexpected failure looking up %s", ref, exc_info=True)
+            return self._fail(key, "error")
+        finally:
+            LOOKUP_SECONDS.observe(time.monotonic() - started)
+            self._in_flight.pop(key, None)
+
+    def _store(self, ref: ImageRef, key: str, fetched: Fetched) -> ImageConfig:
+        self._configs.put(fetched.config_digest, fetched.config)
+        if ref.digest:
+            self._pinned.put(key, fetched.config_digest)
+        else:
+            self._tags.put(key, (time.monotonic() + self._tag_ttl, fetched.config_digest))
+        self._failures.pop(key)
+        return fetched.config
+
+    def _fail(self, key: str, outcome: str) -> _Failure:
+        failure = _Failure(outcome)
+        self._failures.put(key, (time.monotonic() + self._failure_ttl, failure))
+        return failure
