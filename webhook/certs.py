@@ -141,5 +141,9 @@ def needs_rotation(cert: x509.Certificate, *, now: dt.datetime | None = None) ->
 
 def service_names(service: str, namespace: str) -> list[str]:
     """The names kube-apiserver may dial a webhook Service by."""
-    return [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
-            f"{service}.{namespace}.svc.cluster.local"]
+    return [
+        service,
+        f"{service}.{namespace}",
+        f"{service}.{namespace}.svc",
+        f"{service}.{namespace}.svc.cluster.local",
+    ]

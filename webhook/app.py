@@ -1,0 +1,304 @@
+"""The HTTP app: `POST /mutate` on a lean ASGI path, health and metrics on FastAPI.
+
+Every Pod creation waits on /mutate, so it skips the framework's routing and middleware and
+speaks ASGI directly (bytes in, orjson out); everything else is an ordinary FastAPI app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import multiprocess as prom_multiprocess
+
+from webhook import logs, metrics, tls, wiring
+from webhook.admission import (
+    ReviewError,
+    fail_open,
+    is_pod_create,
+    parse_review,
+    pod_of,
+    respond,
+    review_of,
+)
+from webhook.config import Settings
+from webhook.detection import images_to_resolve
+from webhook.mutation import Decision, configmaps_to_read, decide
+from webhook.types import AdmissionResponse, EnvSourceReader, ImageConfig, ImageResolver, Obj
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+GO_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+# Leave the API server this much of its own timeout to receive and apply our answer.
+TIMEOUT_MARGIN = 0.5
+MIN_BUDGET = 0.05
+
+log = logs.get("admission")
+
+
+class HTTPError(Exception):
+    """A request we refuse, with its status code (4xx only: never 5xx for bad input)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def request_budget(settings: Settings, query: bytes) -> float:
+    """Seconds the lookups may take: the registry budget, inside the API server's `?timeout=`."""
+    budget = settings.registry_timeout
+    for part in query.decode("latin-1").split("&"):
+        name, _, value = part.partition("=")
+        match = GO_DURATION.match(value) if name == "timeout" else None
+        if match:
+            allowed = float(match[1]) * DURATION_UNITS[match[2]] - TIMEOUT_MARGIN
+            budget = min(budget, max(MIN_BUDGET, allowed))
+    return budget
+
+
+class Webhook:
+    """The ASGI application: /mutate here, everything else to the FastAPI app."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        resolver: ImageResolver | None = None,
+        env_reader: EnvSourceReader | None = None,
+    ) -> None:
+        self.settings = settings
+        self.resolver = resolver
+        self.env_reader = env_reader
+        self.api = build_api(self)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/mutate":
+            await self.mutate_endpoint(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+    async def mutate_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        try:
+            body = await self._read_body(scope, receive)
+            review = parse_review(body)
+        except (HTTPError, ReviewError) as exc:
+            status = exc.status if isinstance(exc, HTTPError) else 400
+            metrics.REQUESTS.labels("invalid").inc()
+            log.info("rejected review", extra={"status": status, "error": str(exc)})
+            await _send(send, status, {"error": str(exc)})
+            return
+        try:
+            response, outcome = await self.admit(review, scope.get("query_string", b""))
+        except ReviewError as exc:
+            metrics.REQUESTS.labels("invalid").inc()
+            await _send(send, 400, {"error": str(exc)})
+            return
+        metrics.REQUESTS.labels(outcome).inc()
+        metrics.LATENCY.observe(time.perf_counter() - started)
+        await _send(send, 200, review_of(response))
+
+    async def admit(self, review: Any, query: bytes) -> tuple[AdmissionResponse, str]:
+        """Answer one checked review; our own failures fail open."""
+        request = review["request"]
+        uid = request["uid"]
+        if not is_pod_create(review):
+            return {"uid": uid, "allowed": True}, "ignored"
+        pod = pod_of(review)
+        namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or ""
+        try:
+            images, configmaps = await self._lookups(pod, namespace, query)
+            decision = decide(pod, self.settings, images=images, configmaps=configmaps)
+            response = respond(uid, decision)
+        except Exception:
+            # Fail open, by decision: never block pod creation on our bug (failurePolicy: Ignore).
+            metrics.ERRORS.labels("mutate").inc()
+            log.exception(
+                "mutation failed; pod admitted unchanged", extra={"pod": _pod_name(pod, namespace)}
+            )
+            return fail_open(uid), "error"
+        outcome = _record(decision, _pod_name(pod, namespace), self.settings.mode)
+        return response, outcome
+
+    async def _lookups(
+        self, pod: Obj, namespace: str, query: bytes
+    ) -> tuple[dict[str, ImageConfig], dict[str, frozenset[str]]]:
+        """Registry and ConfigMap reads, in parallel, inside one time budget per review."""
+        refs = images_to_resolve(pod) if self.resolver is not None else []
+        names = configmaps_to_read(pod) if self.env_reader is not None and namespace else []
+        if not refs and not names:
+            return {}, {}
+        budget = request_budget(self.settings, query)
+
+        async def images() -> dict[str, ImageConfig]:
+            if not refs or self.resolver is None:
+                return {}
+            return await self.resolver.resolve(refs, timeout=budget)
+
+        async def configmaps() -> dict[str, frozenset[str]]:
+            if not names or self.env_reader is None:
+                return {}
+            return await self.env_reader.configmap_keys(namespace, names, timeout=budget)
+
+        found = await asyncio.gather(images(), configmaps(), return_exceptions=True)
+        results: list[Any] = []
+        for stage, value in zip(("registry", "configmaps"), found, strict=True):
+            if isinstance(value, BaseException):
+                metrics.ERRORS.labels(stage).inc()
+                log.warning(
+                    f"{stage} lookup failed; deciding without it", extra={"error": repr(value)}
+                )
+                value = {}
+            results.append(value)
+        return results[0], results[1]
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        if scope["method"] != "POST":
+            raise HTTPError(405, "only POST is allowed on /mutate")
+        limit = self.settings.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise HTTPError(413, f"body over {limit} bytes")
+            if name == b"content-type" and b"json" not in value.lower():
+                raise HTTPError(415, "content-type must be application/json")
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HTTPError(400, "client disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise HTTPError(413, f"body over {limit} bytes")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+
+def _pod_name(pod: Obj, namespace: str) -> str:
+    metadata = pod.get("metadata") or {}
+    name = metadata.get("name") or (metadata.get("generateName") or "") + "*"
+    return f"{namespace}/{name}"
+
+
+def _record(decision: Decision, pod: str, mode: str) -> str:
+    """Metrics and the one log line per mutation; returns the request outcome."""
+    for c in decision.containers:
+        if c.set:
+            metrics.INJECTIONS.labels(
+                c.runtime, c.source, "audit" if decision.audit else "enforce"
+            ).inc()
+        elif c.skipped:
+            metrics.SKIPS.labels("container-no-cpu-limit").inc()
+    if decision.reason:
+        metrics.SKIPS.labels(decision.reason).inc()
+    metrics.WARNINGS.inc(len(decision.warnings))
+    outcome = (
+        "audit"
+        if decision.audit and decision.injected
+        else ("patched" if decision.patch else "unchanged")
+    )
+    if decision.containers or decision.warnings:
+        log.info(
+            "pod mutated" if decision.patch else "pod reviewed",
+            extra={
+                "pod": pod,
+                "outcome": outcome,
+                "reason": decision.reason,
+                "containers": {c.name: c.status() for c in decision.containers},
+                "warnings": decision.warnings,
+            },
+        )
+    return outcome
+
+
+async def _send(send: Send, status: int, payload: Any) -> None:
+    body = orjson.dumps(payload)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_api(webhook: Webhook) -> FastAPI:
+    """Health, readiness and metrics; their lifespan runs the certificate watcher."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(_watch_certificates(webhook.settings.cert_reload_seconds))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            if webhook.resolver is not None and hasattr(webhook.resolver, "aclose"):
+                await webhook.resolver.aclose()
+
+    api = FastAPI(
+        title="concurrency-injector",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+
+    @api.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @api.get("/readyz")
+    async def readyz() -> JSONResponse:
+        serving = all(ctx.context is not None for ctx in tls.ACTIVE)
+        return JSONResponse({"status": "ready" if serving else "starting"}, 200 if serving else 503)
+
+    @api.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(_metrics_text(), media_type=CONTENT_TYPE_LATEST)
+
+    return api
+
+
+def _metrics_text() -> bytes:
+    """This process's metrics, or all workers' when running several (prometheus multiprocess)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest()
+
+
+async def _watch_certificates(interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        for ctx in tls.ACTIVE:
+            ctx.reload_if_changed()
+
+
+def create_app() -> Webhook:
+    """The app uvicorn serves (a factory: each worker builds its own from the environment)."""
+    settings = Settings.from_env()
+    logs.setup(settings.log_level, settings.log_format)
+    return Webhook(
+        settings, resolver=wiring.resolver(settings), env_reader=wiring.env_reader(settings)
+    )

@@ -1,0 +1,263 @@
+"""The command line: `serve` (the webhook server) and `mutate` (offline, on files)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import copy
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import jsonpatch
+import orjson
+import yaml
+
+from webhook import __version__, admission, logs, server, wiring
+from webhook.config import ConfigError, Settings, env_name
+from webhook.detection import images_to_resolve
+from webhook.mutation import decide
+from webhook.types import ImageConfig, Obj
+from webhook.workloads import InputError, pod_slots, review_pod
+
+EXIT_INPUT = 2
+
+
+def _registry_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--insecure-registry",
+        action="append",
+        metavar="HOST:PORT",
+        default=None,
+        help="registry reached over plain HTTP or unverified TLS (repeatable)",
+    )
+    parser.add_argument(
+        "--registry-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time budget for registry lookups per review (default 2)",
+    )
+    parser.add_argument(
+        "--no-registry",
+        action="store_true",
+        default=None,
+        help="never read image metadata from registries",
+    )
+    parser.add_argument(
+        "--platform",
+        metavar="OS/ARCH",
+        help="platform picked from multi-arch images (default linux/amd64)",
+    )
+    parser.add_argument(
+        "--docker-config", metavar="FILE", help="Docker config.json with registry credentials"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="concurrency-injector",
+        description="Set WEB_CONCURRENCY for Python web servers from their CPU limit.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the admission webhook server over TLS")
+    serve.add_argument("--cert-file", metavar="FILE", help="serving certificate (PEM)")
+    serve.add_argument("--key-file", metavar="FILE", help="its private key (PEM)")
+    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8443)")
+    serve.add_argument("--mode", choices=["enforce", "audit"], help="patch pods, or only report")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["json", "text", "auto"])
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="make a throwaway CA and certificate and print how to call the server",
+    )
+    _registry_flags(serve)
+
+    mutate = commands.add_parser("mutate", help="mutate Pods or workloads from a file, offline")
+    mutate.add_argument(
+        "-f",
+        "--filename",
+        required=True,
+        metavar="FILE",
+        help="YAML or JSON file, or - for standard input",
+    )
+    mutate.add_argument("-o", "--output", choices=["yaml", "json", "patch"], default="yaml")
+    mutate.add_argument("--mode", choices=["enforce", "audit"])
+    _registry_flags(mutate)
+    return parser
+
+
+def apply_flags(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    """Flags become their CONCURRENCY_INJECTOR_* variables, overriding the environment."""
+    for name in (
+        "cert_file",
+        "key_file",
+        "host",
+        "port",
+        "mode",
+        "log_level",
+        "log_format",
+        "registry_timeout",
+        "platform",
+        "docker_config",
+    ):
+        value = getattr(args, name, None)
+        if value is not None:
+            environ[env_name(name)] = str(value)
+    if getattr(args, "no_registry", None):
+        environ[env_name("no_registry")] = "true"
+    if getattr(args, "insecure_registry", None):
+        environ[env_name("insecure_registry")] = ",".join(args.insecure_registry)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve" and args.dev:
+        server.prepare_dev(args, os.environ)
+    apply_flags(args, os.environ)  # type: ignore[arg-type]
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"concurrency-injector: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    if args.command == "serve":
+        return server.serve(settings)
+    return run_mutate(args.filename, args.output, settings)
+
+
+def run_mutate(
+    filename: str,
+    output: str,
+    settings: Settings,
+    *,
+    stdout: TextIO = sys.stdout,
+    stderr: TextIO = sys.stderr,
+) -> int:
+    """Mutate every pod in the input and print the result; exit 2 names bad input."""
+    logs.setup("warning", "text")
+    try:
+        documents = load_documents(filename)
+        results = asyncio.run(mutate_documents(documents, settings, stderr=stderr))
+    except InputError as exc:
+        print(f"concurrency-injector: {exc}", file=stderr)
+        return EXIT_INPUT
+    write_output(results, output, stdout)
+    return 0
+
+
+def load_documents(filename: str) -> list[Any]:
+    try:
+        if filename == "-":
+            text = sys.stdin.read()
+        else:
+            with open(filename, encoding="utf-8") as handle:
+                text = handle.read()
+    except OSError as exc:
+        raise InputError(f"cannot read {filename}: {exc.strerror}") from None
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise InputError(f"{filename} is not valid YAML or JSON: {exc}") from None
+    if not documents:
+        raise InputError(f"{filename} holds no document")
+    return documents
+
+
+async def mutate_documents(
+    documents: list[Any], settings: Settings, *, stderr: TextIO
+) -> list[tuple[Any, Any]]:
+    """(original, result) per document; result is the mutated object or a response review."""
+    resolver = wiring.resolver(settings)
+    try:
+        results = []
+        for n, document in enumerate(documents, 1):
+            where = f"document {n}"
+            if isinstance(document, dict) and document.get("kind") == "AdmissionReview":
+                results.append(
+                    (document, await _review(document, settings, resolver, where, stderr))
+                )
+                continue
+            mutated = copy.deepcopy(document)
+            for slot in list(pod_slots(mutated, where=where)):
+                images = await _images(slot.pod, settings, resolver)
+                decision = decide(slot.pod, settings, images=images)
+                _warn(stderr, where, decision.warnings)
+                if decision.patch:
+                    _replace(mutated, slot.path, jsonpatch.apply_patch(slot.pod, decision.patch))
+            results.append((document, mutated))
+        return results
+    finally:
+        if resolver is not None:
+            await resolver.aclose()
+
+
+async def _images(pod: Obj, settings: Settings, resolver: Any) -> dict[str, ImageConfig]:
+    refs = images_to_resolve(pod)
+    if resolver is None or not refs:
+        return {}
+    found: dict[str, ImageConfig] = await resolver.resolve(refs, timeout=settings.registry_timeout)
+    return found
+
+
+async def _review(
+    document: Obj, settings: Settings, resolver: Any, where: str, stderr: TextIO
+) -> Any:
+    pod = review_pod(document, where=where)
+    images = await _images(pod, settings, resolver) if isinstance(pod, dict) else {}
+    try:
+        response = admission.mutate_review(document, settings, images=images)
+    except admission.ReviewError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    _warn(stderr, where, response["response"].get("warnings") or [])
+    return response
+
+
+def _replace(document: Any, path: tuple[str | int, ...], pod: Obj) -> None:
+    if not path:
+        document.clear()
+        document.update(pod)
+        return
+    parent = document
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = pod
+
+
+def _warn(stderr: TextIO, where: str, warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"Warning: {where}: {warning}", file=stderr)
+
+
+def write_output(results: list[tuple[Any, Any]], output: str, stdout: TextIO) -> None:
+    if output == "patch":
+        patches = [_patch_of(original, result) for original, result in results]
+        stdout.write(
+            orjson.dumps(
+                patches[0] if len(patches) == 1 else patches, option=orjson.OPT_INDENT_2
+            ).decode()
+            + "\n"
+        )
+        return
+    objects = [result for _, result in results]
+    if output == "json":
+        value = (
+            objects[0]
+            if len(objects) == 1
+            else {"apiVersion": "v1", "kind": "List", "items": objects}
+        )
+        stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    stdout.write(yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False))
+
+
+def _patch_of(original: Any, result: Any) -> Any:
+    """The JSON Patch for one document (for a review, the patch inside its response)."""
+    if isinstance(original, dict) and original.get("kind") == "AdmissionReview":
+        encoded = result["response"].get("patch")
+        return orjson.loads(base64.b64decode(encoded)) if encoded else []
+    return jsonpatch.make_patch(original, result).patch

@@ -1,0 +1,208 @@
+"""Server and policy settings, built once from an environment mapping and checked at start-up.
+
+Every setting is an environment variable `CONCURRENCY_INJECTOR_<NAME>`; command-line flags are
+applied as those variables, so worker processes and the chart see one source of truth.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from decimal import Decimal, InvalidOperation
+from typing import Literal, TypeVar, cast
+
+from kubernetes.utils import parse_quantity
+
+from webhook.keys import ENV_PREFIX
+
+Mode = Literal["enforce", "audit"]
+Rounding = Literal["floor", "ceil", "round"]
+LogFormat = Literal["json", "text", "auto"]
+
+MODES: tuple[Mode, ...] = ("enforce", "audit")
+ROUNDINGS: tuple[Rounding, ...] = ("floor", "ceil", "round")
+LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text", "auto")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off", "")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the variable and the value."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server and the CLI are configured with. Defaults follow the SPEC."""
+
+    # Policy.
+    mode: Mode = "enforce"
+    rounding: Rounding = "floor"
+    workers_per_cpu: Decimal = Decimal(1)
+    min_workers: int = 1
+    max_workers: int | None = None
+    memory_per_worker: Decimal | None = None
+    resize_restart: bool = False
+    python_cpu_count: bool = True
+    # Image metadata from registries.
+    no_registry: bool = False
+    insecure_registry: tuple[str, ...] = ()
+    registry_timeout: float = 2.0
+    platform: str = "linux/amd64"
+    docker_config: str | None = None
+    registry_ca_file: str | None = None
+    # envFrom ConfigMaps, read in-cluster.
+    read_configmaps: bool = False
+    # Serving.
+    cert_file: str | None = None
+    key_file: str | None = None
+    host: str = "0.0.0.0"
+    port: int = 8443
+    max_body_bytes: int = 4 * 1024 * 1024
+    cert_reload_seconds: float = 10.0
+    log_level: str = "info"
+    log_format: LogFormat = "auto"
+    # Self-managed TLS in-cluster (the chart's default TLS mode).
+    tls_self_managed: bool = False
+    tls_secret: str | None = None
+    webhook_config: str | None = None
+    service_name: str | None = None
+    namespace: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read `CONCURRENCY_INJECTOR_*` variables; raise ConfigError naming any bad one."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            key = env_name(f.name)
+            raw = env.get(key)
+            if raw is None:
+                continue
+            parse = _PARSERS.get(f.name, _str_or_none)
+            try:
+                values[f.name] = parse(raw.strip())
+            except (ValueError, ArithmeticError) as exc:
+                raise ConfigError(f"{key}={raw!r}: {exc}") from None
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Cross-field rules, so a bad combination fails at start-up, not per request."""
+        if self.max_workers is not None and self.max_workers < self.min_workers:
+            raise ConfigError(
+                f"{env_name('max_workers')}={self.max_workers} is below "
+                f"{env_name('min_workers')}={self.min_workers}"
+            )
+        if not 0 < self.registry_timeout <= 30:
+            raise ConfigError(
+                f"{env_name('registry_timeout')}={self.registry_timeout}: must be 0 to 30 seconds"
+            )
+        if "/" not in self.platform:
+            raise ConfigError(f"{env_name('platform')}={self.platform!r}: expected os/arch")
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable behind a settings field."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def _str_or_none(raw: str) -> str | None:
+    return raw or None
+
+
+def _bool(raw: str) -> bool:
+    low = raw.lower()
+    if low in TRUE:
+        return True
+    if low in FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _choice(choices: tuple[T, ...]) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        if raw.lower() not in cast(tuple[str, ...], choices):
+            raise ValueError(f"expected one of {', '.join(map(str, choices))}")
+        return cast(T, raw.lower())
+
+    return parse
+
+
+def _positive_decimal(raw: str) -> Decimal:
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ValueError("expected a number") from None
+    if not value.is_finite() or value <= 0:
+        raise ValueError("expected a number above 0")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return value
+
+
+def _max_workers(raw: str) -> int | None:
+    """0 or empty means no maximum."""
+    if raw in ("", "0"):
+        return None
+    return _positive_int(raw)
+
+
+def _quantity_or_none(raw: str) -> Decimal | None:
+    if not raw:
+        return None
+    value = parse_quantity(raw)  # type: ignore[no-untyped-call]
+    if value <= 0:
+        raise ValueError("expected a quantity above 0, such as 200Mi")
+    return Decimal(value)
+
+
+def _seconds(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("expected seconds above 0")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("expected a port from 0 to 65535")
+    return value
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    return tuple(h.strip() for h in raw.split(",") if h.strip())
+
+
+_PARSERS: dict[str, Callable[[str], object]] = {
+    "mode": _choice(MODES),
+    "rounding": _choice(ROUNDINGS),
+    "workers_per_cpu": _positive_decimal,
+    "min_workers": _positive_int,
+    "max_workers": _max_workers,
+    "memory_per_worker": _quantity_or_none,
+    "resize_restart": _bool,
+    "python_cpu_count": _bool,
+    "no_registry": _bool,
+    "insecure_registry": _hosts,
+    "registry_timeout": _seconds,
+    "read_configmaps": _bool,
+    "port": _port,
+    "max_body_bytes": _positive_int,
+    "cert_reload_seconds": _seconds,
+    "log_level": _choice(LOG_LEVELS),
+    "log_format": _choice(LOG_FORMATS),
+    "tls_self_managed": _bool,
+    "platform": str,
+    "host": str,
+}

@@ -1,0 +1,39 @@
+"""Prometheus metrics of the admission path, for SREs (served on GET /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+NS = "concurrency_injector"
+
+REQUESTS = Counter(
+    f"{NS}_requests_total",
+    "Admission requests answered, by outcome (patched, unchanged, audit, ignored, invalid, error).",
+    ["outcome"],
+)
+LATENCY = Histogram(
+    f"{NS}_request_duration_seconds",
+    "Time to answer one admission request, from body read to response.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+INJECTIONS = Counter(
+    f"{NS}_injections_total",
+    "Containers given WEB_CONCURRENCY (or that would be, in audit mode), by runtime and source.",
+    ["runtime", "source", "mode"],
+)
+SKIPS = Counter(
+    f"{NS}_skips_total",
+    "Pods or containers left unchanged, by reason.",
+    ["reason"],
+)
+WARNINGS = Counter(f"{NS}_warnings_total", "Warnings returned to API clients.")
+ERRORS = Counter(
+    f"{NS}_errors_total",
+    "Internal errors; each one admitted a pod unpatched (fail-open).",
+    ["stage"],
+)
+CERT_RELOADS = Counter(
+    f"{NS}_certificate_reloads_total",
+    "Serving certificate reloads from disk, by result.",
+    ["result"],
+)

@@ -1,0 +1,239 @@
+"""What a target gets: its CPU limit, the worker count and the findings worth a warning. Pure."""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
+from typing import Any, Literal
+
+from kubernetes.utils import parse_quantity
+
+from webhook import keys
+from webhook.config import Rounding, Settings
+from webhook.detection import ServerCommand
+from webhook.types import Obj
+
+CpuSource = Literal["container", "pod"]
+ROUNDING_MODES: dict[Rounding, str] = {
+    "floor": ROUND_FLOOR,
+    "ceil": ROUND_CEILING,
+    "round": ROUND_HALF_UP,
+}
+GUNICORN_CMD_ARGS = "GUNICORN_CMD_ARGS"
+
+
+@dataclass(frozen=True)
+class WorkerPolicy:
+    """How CPU becomes a worker count, after the pod's annotations are applied."""
+
+    workers_per_cpu: Decimal
+    min_workers: int
+    max_workers: int | None
+    memory_per_worker: Decimal | None
+    rounding: Rounding
+
+
+@dataclass(frozen=True)
+class CpuLimit:
+    value: Decimal
+    source: CpuSource
+
+
+@dataclass(frozen=True)
+class Workers:
+    count: int
+    memory_cap: int | None  # set when the memory guard decided the count
+
+
+def quantity(value: Any) -> Decimal:
+    """A Kubernetes quantity as a Decimal, with the official client's parser."""
+    return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
+
+
+def cpu_text(value: Decimal) -> str:
+    """A CPU amount as plain cores, e.g. `0.5`, `2`."""
+    return format(value.normalize(), "f")
+
+
+def pod_policy(
+    settings: Settings, annotations: Mapping[str, Any]
+) -> tuple[WorkerPolicy, list[str]]:
+    """The server's defaults, overridden by the pod's annotations (a bad one is warned, ignored)."""
+    policy = WorkerPolicy(
+        settings.workers_per_cpu,
+        settings.min_workers,
+        settings.max_workers,
+        settings.memory_per_worker,
+        settings.rounding,
+    )
+    warnings: list[str] = []
+    for key, field_name, parse in (
+        (keys.WORKERS_PER_CPU, "workers_per_cpu", _positive_decimal),
+        (keys.MIN_WORKERS, "min_workers", _positive_int),
+        (keys.MAX_WORKERS, "max_workers", _positive_int),
+        (keys.MEMORY_PER_WORKER, "memory_per_worker", _positive_quantity),
+    ):
+        raw = annotations.get(key)
+        if raw is None:
+            continue
+        try:
+            policy = replace(policy, **{field_name: parse(str(raw).strip())})  # type: ignore[arg-type]
+        except (ValueError, ArithmeticError):
+            warnings.append(f"{key}={raw!r} is not valid; using the default")
+    if policy.max_workers is not None and policy.max_workers < policy.min_workers:
+        warnings.append(
+            f"min-workers {policy.min_workers} is above max-workers {policy.max_workers}; "
+            f"using {policy.max_workers}"
+        )
+        policy = replace(policy, min_workers=policy.max_workers)
+    return policy, warnings
+
+
+def _positive_decimal(raw: str) -> Decimal:
+    value = Decimal(raw)
+    if not value.is_finite() or value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError(raw)
+    return value
+
+
+def _positive_quantity(raw: str) -> Decimal:
+    value = quantity(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _limits(container: Obj) -> Mapping[str, Any]:
+    resources = container.get("resources") or {}
+    return resources.get("limits") or {}
+
+
+def own_cpu_limit(container: Obj) -> Decimal | None:
+    """The container's own `limits.cpu`; ValueError if it is not a quantity."""
+    raw = _limits(container).get("cpu")
+    return None if raw is None else quantity(raw)
+
+
+def cpu_limit(pod: Obj, container: Obj) -> tuple[CpuLimit | None, str | None]:
+    """The CPU the container may use, or why it is unknown.
+
+    Without a limit of its own, a pod-level `spec.resources.limits.cpu` less the limits of the
+    pod's other long-running containers (app containers and restartable init sidecars) applies;
+    if one of those has no limit either, the split is unknown.
+    """
+    name = container.get("name")
+    try:
+        own = own_cpu_limit(container)
+    except (ValueError, ArithmeticError):
+        return None, f"container {name!r} has an invalid CPU limit; nothing injected"
+    if own is not None:
+        if own <= 0:
+            return None, f"container {name!r} has a CPU limit of {own}; nothing injected"
+        return CpuLimit(own, "container"), None
+    spec = pod.get("spec") or {}
+    pod_cpu = ((spec.get("resources") or {}).get("limits") or {}).get("cpu")
+    if pod_cpu is None:
+        return None, f"container {name!r} has no CPU limit; WEB_CONCURRENCY not set"
+    try:
+        remaining = quantity(pod_cpu)
+        for other in _long_running(spec):
+            if other is container:
+                continue
+            other_cpu = own_cpu_limit(other)
+            if other_cpu is None:
+                return None, (
+                    f"container {name!r} has no CPU limit and {other.get('name')!r} neither: "
+                    "pod CPU split unknown"
+                )
+            remaining -= other_cpu
+    except (ValueError, ArithmeticError):
+        return None, f"container {name!r}: invalid CPU quantity in the pod; nothing injected"
+    if remaining <= 0:
+        return None, f"container {name!r}: no pod-level CPU left after other containers' limits"
+    return CpuLimit(remaining, "pod"), None
+
+
+def _long_running(spec: Obj) -> list[Obj]:
+    sidecars = [c for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
+    return [*sidecars, *(spec.get("containers") or [])]
+
+
+def memory_limit(container: Obj) -> Decimal | None:
+    raw = _limits(container).get("memory")
+    if raw is None:
+        return None
+    try:
+        return quantity(raw)
+    except (ValueError, ArithmeticError):
+        return None
+
+
+def worker_count(cpu: Decimal, policy: WorkerPolicy, *, memory: Decimal | None = None) -> Workers:
+    """clamp(round(cpu x workers-per-cpu), min, max), then the memory guard; never below 1."""
+    raw = (cpu * policy.workers_per_cpu).to_integral_value(rounding=ROUNDING_MODES[policy.rounding])
+    count = max(int(raw), policy.min_workers, 1)
+    if policy.max_workers is not None:
+        count = min(count, policy.max_workers)
+    if policy.memory_per_worker is not None and memory is not None:
+        cap = max(1, math.floor(memory / policy.memory_per_worker))
+        if cap < count:
+            return Workers(cap, cap)
+    return Workers(count, None)
+
+
+def python_cpu_count(cpu: Decimal) -> int:
+    """PYTHON_CPU_COUNT: max(1, floor(cpu))."""
+    return max(1, math.floor(cpu))
+
+
+def flag_warnings(name: str, server: ServerCommand | None, env: Mapping[str, str]) -> list[str]:
+    """Flags that defeat WEB_CONCURRENCY (`--workers`/`-w`) or multiply it (`--threads` > 1)."""
+    warnings = []
+    if server is not None:
+        warnings += _flags(name, server.args, where="args")
+    if GUNICORN_CMD_ARGS in env:
+        try:
+            words = shlex.split(env[GUNICORN_CMD_ARGS])
+        except ValueError:
+            words = env[GUNICORN_CMD_ARGS].split()
+        warnings += _flags(name, tuple(words), where=GUNICORN_CMD_ARGS)
+    return warnings
+
+
+def _flags(name: str, args: tuple[str, ...], *, where: str) -> list[str]:
+    warnings = []
+    workers = _option(args, "-w", "--workers")
+    if workers is not None:
+        warnings.append(
+            f"container {name!r}: --workers {workers} in {where} overrides WEB_CONCURRENCY"
+        )
+    threads = _option(args, None, "--threads")
+    if threads is not None and (not threads.isdigit() or int(threads) > 1):
+        warnings.append(
+            f"container {name!r}: gunicorn --threads {threads} in {where} runs "
+            "WEB_CONCURRENCY x threads at once"
+        )
+    return warnings
+
+
+def _option(args: tuple[str, ...], short: str | None, long: str) -> str | None:
+    """The value of an option given as `-w 4`, `-w4`, `--workers 4` or `--workers=4`."""
+    for i, arg in enumerate(args):
+        nxt = args[i + 1] if i + 1 < len(args) else "?"
+        if arg == long or (short and arg == short):
+            return nxt
+        if arg.startswith(long + "="):
+            return arg[len(long) + 1 :]
+        if short and arg.startswith(short) and not arg.startswith("--") and len(arg) > 2:
+            return arg[2:]
+    return None

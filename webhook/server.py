@@ -1,0 +1,138 @@
+"""Runs the app on uvicorn over TLS, with its own worker count from its own CPU limit."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from collections.abc import MutableMapping
+from pathlib import Path
+
+import orjson
+import uvicorn
+
+from webhook import logs, tls
+from webhook.config import ConfigError, Settings, env_name
+
+# kube-apiserver keeps idle connections to webhooks for 90 s; a server that closes them sooner
+# makes it send reviews on dead connections.
+KEEP_ALIVE_SECONDS = 120
+GRACEFUL_SHUTDOWN_SECONDS = 20
+DEV_NAMES = ["localhost", "127.0.0.1", "::1"]
+
+log = logs.get("server")
+
+
+def own_workers(environ: MutableMapping[str, str]) -> int:
+    """The server's own worker count: its WEB_CONCURRENCY (set by the chart from its CPU limit)."""
+    raw = environ.get("WEB_CONCURRENCY", "1").strip() or "1"
+    try:
+        workers = int(raw)
+    except ValueError:
+        raise ConfigError(f"WEB_CONCURRENCY={raw!r}: expected a whole number") from None
+    if workers < 1:
+        raise ConfigError(f"WEB_CONCURRENCY={raw!r}: expected at least 1")
+    return workers
+
+
+def serve(settings: Settings, environ: MutableMapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    logs.setup(settings.log_level, settings.log_format)
+    if not settings.cert_file or not settings.key_file:
+        log.error(
+            f"serving needs --cert-file and --key-file ({env_name('cert_file')}, "
+            f"{env_name('key_file')}); try `serve --dev` to run without a cluster"
+        )
+        return 2
+    try:
+        workers = own_workers(environ)
+    except ConfigError as exc:
+        log.error(str(exc))
+        return 2
+    if workers > 1 and not environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each worker is its own process: share metrics so one scrape sees them all.
+        environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix="concurrency-injector-metrics-"
+        )
+    log.info(
+        "serving",
+        extra={
+            "host": settings.host,
+            "port": settings.port,
+            "workers": workers,
+            "mode": settings.mode,
+        },
+    )
+    uvicorn.run(
+        "webhook.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        ssl_context_factory=tls.ReloadingContext(settings.cert_file, settings.key_file),
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        lifespan="on",
+    )
+    return 0
+
+
+EXAMPLE_REVIEW = {
+    "apiVersion": "admission.k8s.io/v1",
+    "kind": "AdmissionReview",
+    "request": {
+        "uid": "0e9c5b2e-5c1d-4d1e-9a8f-000000000001",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "operation": "CREATE",
+        "namespace": "default",
+        "object": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"generateName": "web-", "namespace": "default"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "web",
+                        "image": "python:3.12-slim",
+                        "command": ["gunicorn", "--bind", "0.0.0.0:8000", "app:app"],
+                        "resources": {"limits": {"cpu": "2", "memory": "1Gi"}},
+                    }
+                ]
+            },
+        },
+    },
+}
+
+
+def prepare_dev(args: argparse.Namespace, environ: MutableMapping[str, str]) -> None:
+    """`serve --dev`: a throwaway CA and certificate, loopback, text logs, and how to call it."""
+    files = tls.write_dev_certificates(DEV_NAMES)
+    args.cert_file, args.key_file = str(files.cert_file), str(files.key_file)
+    args.host = args.host or "127.0.0.1"
+    args.log_format = args.log_format or "text"
+    if args.no_registry is None and not args.insecure_registry:
+        args.no_registry = True
+    port = args.port or 8443
+    review_file = Path(files.directory) / "review.json"
+    review_file.write_bytes(orjson.dumps(EXAMPLE_REVIEW, option=orjson.OPT_INDENT_2))
+    host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0", "localhost") else args.host
+    print(
+        "concurrency-injector dev server\n"
+        f"  CA certificate:  {files.ca_file}\n"
+        f"  example review:  {review_file}\n"
+        "Call it the way kube-apiserver does:\n"
+        f"  curl --cacert {files.ca_file} -H 'Content-Type: application/json' \\\n"
+        f"       --data @{review_file} 'https://{host}:{port}/mutate?timeout=10s'\n"
+        "Decode the patch:\n"
+        f"  curl -s --cacert {files.ca_file} -H 'Content-Type: application/json' "
+        f"--data @{review_file} 'https://{host}:{port}/mutate' \\\n"
+        "       | python3 -c 'import sys,json,base64; "
+        'print(base64.b64decode(json.load(sys.stdin)["response"]["patch"]).decode())\'\n'
+        f"Metrics: curl --cacert {files.ca_file} https://{host}:{port}/metrics\n",
+        flush=True,
+    )

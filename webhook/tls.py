@@ -1,0 +1,110 @@
+"""TLS for the server: a context that picks up a renewed certificate file without a restart.
+
+A Kubernetes Secret mounted as a volume is renewed by the kubelet swapping a symlink, so the
+files change under a running server. Each worker process checks the files every few seconds
+(on its event loop, so no handshake races the swap) and loads the new pair into the same
+SSLContext: new connections get the new certificate, open ones keep theirs. A pair that fails
+to load (a half-written file) keeps the old one and is retried on the next check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from webhook import certs, logs
+from webhook.metrics import CERT_RELOADS
+
+log = logs.get("tls")
+
+
+def _fingerprint(*paths: str) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class ReloadingContext:
+    """An `ssl_context_factory` for uvicorn that keeps its certificate current.
+
+    Picklable (only paths are state until it is called), so uvicorn can hand it to worker
+    processes; each process builds and watches its own context.
+    """
+
+    cert_file: str
+    key_file: str
+    context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    loaded: str = ""
+
+    def __getstate__(self) -> dict[str, str]:
+        return {"cert_file": self.cert_file, "key_file": self.key_file, "loaded": ""}
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        self.cert_file, self.key_file = state["cert_file"], state["key_file"]
+        self.context, self.loaded = None, ""
+
+    def build(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_alpn_protocols(["http/1.1"])
+        ctx.load_cert_chain(self.cert_file, self.key_file)
+        self.loaded = _fingerprint(self.cert_file, self.key_file)
+        self.context = ctx
+        ACTIVE.append(self)
+        return ctx
+
+    def __call__(self, config: object, default: object) -> ssl.SSLContext:
+        return self.build()
+
+    def reload_if_changed(self) -> bool:
+        """Load the files again if their content changed; True when a new pair is in use."""
+        if self.context is None:
+            return False
+        try:
+            current = _fingerprint(self.cert_file, self.key_file)
+            if current == self.loaded:
+                return False
+            self.context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            CERT_RELOADS.labels("error").inc()
+            log.warning(
+                "certificate reload failed; keeping the current one", extra={"error": str(exc)}
+            )
+            return False
+        self.loaded = current
+        CERT_RELOADS.labels("ok").inc()
+        log.info("serving certificate reloaded", extra={"cert_file": self.cert_file})
+        return True
+
+
+# The contexts this process serves with; the app's watcher reloads each of them.
+ACTIVE: list[ReloadingContext] = []
+
+
+@dataclass(frozen=True)
+class DevFiles:
+    directory: Path
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def write_dev_certificates(names: list[str], directory: str | None = None) -> DevFiles:
+    """A throwaway CA and a serving certificate for `names`, written to a private directory."""
+    where = Path(directory or tempfile.mkdtemp(prefix="concurrency-injector-dev-"))
+    where.mkdir(parents=True, exist_ok=True)
+    ca = certs.build_ca("concurrency-injector-dev-ca")
+    leaf = certs.build_leaf(ca, names)
+    files = DevFiles(where, where / "ca.crt", where / "tls.crt", where / "tls.key")
+    files.ca_file.write_bytes(ca.cert_pem)
+    files.cert_file.write_bytes(leaf.cert_pem)
+    fd = os.open(files.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(leaf.key_pem)
+    return files
