@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tarfile
 import threading
@@ -42,6 +43,8 @@ INSTALL_SCRIPT = Path(__file__).resolve().parent.parent / "hack" / "install-regi
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 TOKEN_LIFETIME = 300
+USER, PASSWORD = "puller", "s3cret-pass"
+TOKEN_SERVICE, TOKEN_ISSUER = "test-registry", "test-token-issuer"
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -123,7 +126,7 @@ class RegistryServer:
                 [self.binary, "serve", str(config_path)], stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + START_TIMEOUT
-        verify: str | bool = str(ca_file) if ca_file else True
+        verify = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
         with httpx.Client(verify=verify, timeout=1.0) as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
@@ -173,7 +176,7 @@ def _empty_layer() -> tuple[bytes, str]:
 class Pusher:
     """Pushes images to a registry over its HTTP API, as `docker push` would."""
 
-    def __init__(self, base_url: str, *, verify: str | bool = True,
+    def __init__(self, base_url: str, *, verify: ssl.SSLContext | bool = True,
                  headers_for: Callable[[str], dict[str, str]] | None = None) -> None:
         self._base = base_url
         self._client = httpx.Client(verify=verify, timeout=10.0)
@@ -313,3 +316,35 @@ class TokenIssuer:
                 pass
 
         return Handler
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """Wraps a real transport; records requests sent and those the server answered."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self.inner = inner or httpx.AsyncHTTPTransport()
+        self.attempts: list[tuple[str, str, str]] = []
+        self.requests: list[tuple[str, str, str]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        sent = (request.method, request.url.scheme, request.url.path)
+        self.attempts.append(sent)
+        response = await self.inner.handle_async_request(request)
+        self.requests.append(sent)  # answered: it reached the server
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def paths(self, fragment: str) -> list[str]:
+        return [path for _, _, path in self.requests if fragment in path]
+
+
+def docker_config(path: Path, host: str, *, form: str = "auth") -> str:
+    """Write a Docker config.json with credentials for `host`; returns its path."""
+    if form == "auth":
+        entry = {"auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
+    else:
+        entry = {"username": USER, "password": PASSWORD}
+    path.write_text(json.dumps({"auths": {f"https://{host}/v1/": entry}}))
+    return str(path)
