@@ -147,3 +147,40 @@ def service_names(service: str, namespace: str) -> list[str]:
         f"{service}.{namespace}.svc",
         f"{service}.{namespace}.svc.cluster.local",
     ]
+
+
+def load_bundle(pem: bytes) -> list[x509.Certificate]:
+    """Every certificate in a PEM bundle, in order (a caBundle may hold several CAs)."""
+    return x509.load_pem_x509_certificates(pem) if pem.strip() else []
+
+
+def dump_bundle(bundle: list[x509.Certificate]) -> bytes:
+    """A PEM bundle of `bundle`, in order."""
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in bundle)
+
+
+def key_matches(pair: KeyPair) -> bool:
+    """True when the private key belongs to the certificate (a torn write can split a pair)."""
+    try:
+        key = serialization.load_pem_private_key(pair.key_pem, password=None)
+        cert = pair.cert
+    except ValueError:
+        return False
+    return bool(
+        key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        == cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def dns_names(cert: x509.Certificate) -> set[str]:
+    """The DNS names and IP addresses a certificate's SubjectAlternativeName lists."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {*san.get_values_for_type(x509.DNSName),
+            *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))}
