@@ -1,0 +1,479 @@
+"""Benchmark of the admission path: the webhook against a floor and two peers, side by side.
+
+Each server runs alone, one worker, over TLS, pinned to CPU 0; wrk drives it from CPU 1 the way
+kube-apiserver does (HTTP/1.1 keep-alive, `POST /mutate?timeout=10s`, a fixed number of
+connections for a fixed time). Before each load run one CA-verified request checks the server's
+certificate and its answer. Outputs go to results/ (see report.py). Run it with hack/bench/run.sh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import bodies
+import checks
+import procs
+import report
+
+from webhook.certs import build_ca, build_leaf
+
+Obj = dict[str, Any]
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent.parent
+SERVER_CPU = 0
+LOAD_CPU = 1
+SERVERS = ("webhook", "floor", "kopf", "flask")
+START_TIMEOUT_SECONDS = 60.0
+POLL_SECONDS = 0.02
+WRK_GRACE_SECONDS = 60.0
+LONG_RUN_REVIEWS = 100_000
+LONG_RUN_MAX_SECONDS = 300
+LONG_RUN_SERVERS = ("webhook", "floor")
+LONG_RUN_BODY = "target-16k"
+PROFILE_BODY = "target-4k"
+PROFILE_CONCURRENCY = 16
+PROFILE_TOP = 25
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one invocation measures."""
+
+    mode: str
+    servers: tuple[str, ...]
+    bodies: tuple[str, ...]
+    concurrency: tuple[int, ...]
+    duration_s: int
+    warmup_s: int
+    cold_starts: int
+    long_run: bool
+    profile: str  # "never", "auto" (when a webhook target is missed) or "always"
+    out: Path
+
+
+@dataclass
+class Workspace:
+    """Certificates, body files and logs for one invocation."""
+
+    root: Path
+    logs: Path
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    body_bytes: dict[str, bytes] = field(default_factory=dict)
+    body_files: dict[str, Path] = field(default_factory=dict)
+    body_uids: dict[str, str] = field(default_factory=dict)
+
+
+class ServerFailed(Exception):
+    """A server did not start, died, or answered wrongly."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def prepare(workspace: Workspace) -> None:
+    """A throwaway CA and a serving certificate for localhost/127.0.0.1, and the body files."""
+    ca = build_ca("concurrency-injector-bench-ca")
+    leaf = build_leaf(ca, ["localhost", "127.0.0.1"])
+    for attr, data in (("ca_file", ca.cert_pem), ("cert_file", leaf.cert_pem),
+                       ("key_file", leaf.key_pem)):
+        path = workspace.root / f"{attr.removesuffix('_file')}.pem"
+        path.write_bytes(data)
+        setattr(workspace, attr, str(path))
+    for name, review in bodies.all_bodies().items():
+        data = bodies.encode(review)
+        path = workspace.root / f"{name}.json"
+        path.write_bytes(data)
+        workspace.body_bytes[name] = data
+        workspace.body_files[name] = path
+        workspace.body_uids[name] = review["request"]["uid"]
+
+
+def webhook_argv() -> list[str]:
+    script = shutil.which("concurrency-injector")
+    return [script] if script else [sys.executable, "-m", "webhook"]
+
+
+def server_group(name: str, workspace: Workspace, port: int) -> procs.Group:
+    """The command line of each server, all with the same certificate and key."""
+    cert, key = workspace.cert_file, workspace.key_file
+    argv: list[str]
+    if name == "webhook":
+        argv = [*webhook_argv(), "serve", "--cert-file", cert, "--key-file", key,
+                "--host", "127.0.0.1", "--port", str(port), "--no-registry"]
+    elif name == "floor":
+        argv = [sys.executable, str(BENCH / "floor.py"), "--cert-file", cert, "--key-file", key,
+                "--port", str(port)]
+    elif name == "kopf":
+        argv = [sys.executable, str(BENCH / "kopf_peer.py"), "--cert-file", cert,
+                "--key-file", key, "--port", str(port)]
+    elif name == "flask":
+        argv = [sys.executable, "-m", "gunicorn", "--workers", "1", "--worker-class", "sync",
+                "--certfile", cert, "--keyfile", key, "--bind", f"127.0.0.1:{port}",
+                "--log-level", "warning", "--chdir", str(BENCH), "flask_peer:app"]
+    else:
+        raise ValueError(f"unknown server {name!r}")
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "WEB_CONCURRENCY": "1", "PYTHONPATH": pythonpath}
+    return procs.Group(argv, cpu=SERVER_CPU, log=workspace.logs / f"{name}.log", env=env,
+                       cwd=REPO)
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def expect_patch(server: str, body: str) -> bool | None:
+    return None if server == "floor" else bodies.is_target(body)
+
+
+def verified_review(server: str, body: str, *, port: int, workspace: Workspace) -> str:
+    """One CA-verified review of `body`, checked; returns a summary or raises ServerFailed."""
+    context = checks.client_context(workspace.ca_file)
+    try:
+        answer = checks.post_review(context, port=port, server_name="localhost",
+                                    body=workspace.body_bytes[body])
+        return checks.check_answer(answer, uid=workspace.body_uids[body],
+                                   expect_patch=expect_patch(server, body))
+    except (OSError, ValueError, checks.CheckError) as exc:
+        raise ServerFailed(f"{server}: CA-verified check of {body} failed: {exc}") from exc
+
+
+def start_and_wait(name: str, workspace: Workspace) -> tuple[procs.Group, int, float]:
+    """Start a server; return it, its port, and the seconds to its first answered review.
+
+    The caller owns the returned group and must stop it; on failure it is stopped here.
+    """
+    port = free_port()
+    group = server_group(name, workspace, port).start()
+    context = checks.client_context(workspace.ca_file)
+    body = "target-4k"
+    deadline = group.started_at + START_TIMEOUT_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            if group.exit_code() is not None:
+                raise ServerFailed(f"{name} exited with {group.exit_code()}:\n"
+                                   f"{log_tail(group.log)}")
+            try:
+                answer = checks.post_review(context, port=port, server_name="localhost",
+                                            body=workspace.body_bytes[body])
+            except (ConnectionError, TimeoutError, checks.CheckError):
+                time.sleep(POLL_SECONDS)
+                continue
+            elapsed = time.monotonic() - group.started_at
+            try:
+                checks.check_answer(answer, uid=workspace.body_uids[body],
+                                    expect_patch=expect_patch(name, body))
+            except checks.CheckError as exc:
+                raise ServerFailed(f"{name}: wrong first answer: {exc}") from exc
+            return group, port, elapsed
+        raise ServerFailed(f"{name} did not answer within {START_TIMEOUT_SECONDS:.0f} s:\n"
+                           f"{log_tail(group.log)}")
+    except BaseException:
+        group.stop()
+        raise
+
+
+def run_wrk(*, port: int, body_file: Path, concurrency: int, duration_s: int, log: Path,
+            stop_after: int = 0) -> Obj:
+    """One wrk run (one thread, pinned to the load CPU); the parsed BENCH_JSON line."""
+    argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration_s}s", "--timeout", "10s",
+            "--latency", "-s", str(BENCH / "post.lua"), f"https://127.0.0.1:{port}/mutate",
+            "--", str(body_file), str(stop_after)]
+    log.unlink(missing_ok=True)
+    with procs.Group(argv, cpu=LOAD_CPU, log=log) as wrk:
+        assert wrk.proc is not None
+        wrk.proc.wait(timeout=duration_s + WRK_GRACE_SECONDS)
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("BENCH_JSON "):
+            parsed: Obj = json.loads(line.removeprefix("BENCH_JSON "))
+            return parsed
+    raise ServerFailed(f"wrk printed no result:\n{log_tail(log)}")
+
+
+def measured_run(server: str, body: str, concurrency: int, *, group: procs.Group, port: int,
+                 plan: Plan, workspace: Workspace) -> Obj:
+    """Check, load, measure: one row of the table."""
+    check = verified_review(server, body, port=port, workspace=workspace)
+    cpu_before = procs.cpu_seconds(group.pid)
+    wrk = run_wrk(port=port, body_file=workspace.body_files[body], concurrency=concurrency,
+                  duration_s=plan.duration_s,
+                  log=workspace.logs / f"wrk-{server}-{body}-c{concurrency}.txt")
+    cpu = procs.cpu_seconds(group.pid) - cpu_before
+    rss_total, rss_worker = procs.tree_rss_mb(group.pid)
+    requests = wrk["requests"]
+    errors = {key: wrk[key] for key in ("non2xx", "connect", "read", "write", "timeout")}
+    row = {
+        "server": server, "body": body, "concurrency": concurrency,
+        "requests": requests,
+        "rps": requests / (wrk["duration_us"] / 1e6),
+        "p50_ms": wrk["p50_us"] / 1000, "p90_ms": wrk["p90_us"] / 1000,
+        "p99_ms": wrk["p99_us"] / 1000, "max_ms": wrk["max_us"] / 1000,
+        "errors": sum(errors.values()), "error_detail": errors,
+        "rss_mb": rss_total, "rss_worker_mb": rss_worker,
+        "cpu_us_per_request": cpu / requests * 1e6 if requests else 0.0,
+        "check": check,
+    }
+    print(f"  {server:8} {body:14} c={concurrency:<3} {row['rps']:9,.0f} req/s  "
+          f"p50 {row['p50_ms']:7.2f}  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}  "
+          f"RSS {rss_total:6.1f} MB  CPU {row['cpu_us_per_request']:6.0f} µs/req", flush=True)
+    return row
+
+
+def bench_server(name: str, plan: Plan, workspace: Workspace, results: Obj) -> None:
+    """Cold starts, then every body at every concurrency on the last started process."""
+    cold: list[float] = []
+    for attempt in range(plan.cold_starts):
+        group, port, elapsed = start_and_wait(name, workspace)
+        cold.append(elapsed)
+        if attempt < plan.cold_starts - 1:
+            group.stop()
+    results["cold_start"][name] = {"median_s": statistics.median(cold), "runs_s": cold}
+    print(f"{name}: cold start {statistics.median(cold):.2f} s "
+          f"({', '.join(f'{c:.2f}' for c in cold)})", flush=True)
+    with group:
+        checks.check_wrong_name_rejected(checks.client_context(workspace.ca_file), port=port,
+                                         body=workspace.body_bytes["target-4k"])
+        for body in bodies.all_bodies():  # all four answers are checked, even where not loaded
+            verified_review(name, body, port=port, workspace=workspace)
+        for body in plan.bodies:
+            if plan.warmup_s:
+                run_wrk(port=port, body_file=workspace.body_files[body], concurrency=16,
+                        duration_s=plan.warmup_s, log=workspace.logs / f"wrk-{name}-warmup.txt")
+            for concurrency in plan.concurrency:
+                results["runs"].append(measured_run(name, body, concurrency, group=group,
+                                                    port=port, plan=plan, workspace=workspace))
+
+
+def long_run(name: str, workspace: Workspace) -> Obj:
+    """RSS of a fresh worker before and after LONG_RUN_REVIEWS reviews."""
+    group, port, _ = start_and_wait(name, workspace)
+    with group:
+        _, start_worker = procs.tree_rss_mb(group.pid)
+        wrk = run_wrk(port=port, body_file=workspace.body_files[LONG_RUN_BODY], concurrency=16,
+                      duration_s=LONG_RUN_MAX_SECONDS, stop_after=LONG_RUN_REVIEWS,
+                      log=workspace.logs / f"wrk-{name}-long.txt")
+        total, worker = procs.tree_rss_mb(group.pid)
+        verified_review(name, LONG_RUN_BODY, port=port, workspace=workspace)
+    print(f"{name}: {wrk['requests']:,} reviews of {LONG_RUN_BODY}: worker RSS "
+          f"{start_worker:.1f} -> {worker:.1f} MB", flush=True)
+    return {"reviews": wrk["requests"], "body": LONG_RUN_BODY, "rss_start_mb": start_worker,
+            "rss_worker_mb": worker, "rss_total_mb": total}
+
+
+def summarize_profile(raw: Path, top: int = PROFILE_TOP) -> str:
+    """The hottest frames of a py-spy raw (collapsed) profile: self time and inclusive time."""
+    self_time: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        self_time[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    if not total:
+        return "no samples"
+
+    def table(counter: Counter[str]) -> list[str]:
+        return [f"{count / total:6.1%}  {frame}" for frame, count in counter.most_common(top)]
+
+    return "\n".join([f"{total} samples (active threads only)", "", "self time:",
+                      *table(self_time), "", "inclusive time:", *table(inclusive)])
+
+
+def profile(name: str, plan: Plan, workspace: Workspace) -> str:
+    """py-spy on the server under load (target-4k, c=16): the top of the profile."""
+    py_spy = shutil.which("py-spy")
+    if not py_spy:
+        return "py-spy is not installed (hack/bench/install.sh installs it): no profile"
+    group, port, _ = start_and_wait(name, workspace)
+    raw = workspace.logs / f"profile-{name}.txt"
+    seconds = max(plan.duration_s, 3)
+    with group:
+        recorder = procs.Group([py_spy, "record", "--pid", str(group.pid), "--format", "raw",
+                                "--rate", "200", "--duration", str(seconds), "--nonblocking",
+                                "--subprocesses", "--output", str(raw)],
+                               cpu=LOAD_CPU, log=workspace.logs / "py-spy.log")
+        with recorder:
+            run_wrk(port=port, body_file=workspace.body_files[PROFILE_BODY],
+                    concurrency=PROFILE_CONCURRENCY, duration_s=seconds,
+                    log=workspace.logs / f"wrk-{name}-profile.txt")
+            assert recorder.proc is not None
+            recorder.proc.wait(timeout=seconds + WRK_GRACE_SECONDS)
+    if not raw.exists():
+        return f"py-spy wrote no profile:\n{log_tail(workspace.logs / 'py-spy.log')}"
+    return (f"py-spy record of {name}, {PROFILE_BODY} at c={PROFILE_CONCURRENCY}, {seconds} s\n"
+            + summarize_profile(raw))
+
+
+def versions() -> str:
+    names = ("uvicorn", "fastapi", "starlette", "orjson", "uvloop", "httptools", "kopf",
+             "aiohttp", "flask", "gunicorn")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def wrk_version() -> str:
+    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10, check=False)
+    return (out.stdout or out.stderr).splitlines()[0].split(" [")[0] if out.stdout else "wrk"
+
+
+def notes(plan: Plan) -> list[str]:
+    return [
+        "wrk does not verify the server's certificate chain; the CA-verified Python request "
+        "before every run does (test CA only, hostname `localhost` checked, and a wrong name "
+        "must fail).",
+        "floor: raw ASGI app on the same uvicorn (uvloop, httptools, TLS), orjson parse, fixed "
+        "allowing response with the request's uid; it mutates nothing.",
+        "kopf: kopf.WebhookServer (kopf's own aiohttp server, stdlib json), an async handler "
+        "running the same `mutate_review`; start-up discovery comes from a FAKE local API "
+        "endpoint in the peer's process, used by that peer only.",
+        "flask: Flask on gunicorn, one sync worker, `request.get_json()` + `jsonify`. Gunicorn's "
+        "sync worker does not keep connections alive, so every request also pays a TLS "
+        "handshake, as it would for kube-apiserver; with c>1 the other connections queue.",
+        f"Long run: a fresh process per server, {LONG_RUN_REVIEWS:,} reviews of "
+        f"{LONG_RUN_BODY} at c=16; only for {', '.join(LONG_RUN_SERVERS)}."
+        if plan.long_run else "No long run (smoke mode).",
+        "Absolute numbers on a shared 2-core machine move from run to run; the ratios to the "
+        "floor, measured in the same run, are what the targets are about.",
+    ]
+
+
+def parse_args(argv: list[str] | None) -> Plan:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few seconds of load, c=1 and 16, one body; fails only on a "
+                             "server that does not start or answers wrongly")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help=f"comma-separated subset of {','.join(SERVERS)}")
+    parser.add_argument("--duration", type=int, help="seconds per load run (full: 5, smoke: 1)")
+    parser.add_argument("--profile", choices=("never", "auto", "always"), default="auto",
+                        help="py-spy profile of the webhook under load (auto: when a target "
+                             "is missed, full mode only)")
+    parser.add_argument("--out", type=Path, help="results folder (full: hack/bench/results, "
+                                                 "smoke: hack/bench/results/smoke)")
+    args = parser.parse_args(argv)
+    servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
+    unknown = set(servers) - set(SERVERS)
+    if unknown or not servers:
+        parser.error(f"--servers: unknown {sorted(unknown)}; choose from {','.join(SERVERS)}")
+    if args.duration is not None and args.duration < 1:
+        parser.error("--duration: at least 1 second")
+    if args.smoke:
+        plan = Plan(mode="smoke", servers=servers, bodies=("target-4k",), concurrency=(1, 16),
+                    duration_s=args.duration or 1, warmup_s=0, cold_starts=1, long_run=False,
+                    profile="always" if args.profile == "always" else "never",
+                    out=args.out or BENCH / "results" / "smoke")
+    else:
+        plan = Plan(mode="full", servers=servers, bodies=tuple(bodies.all_bodies()),
+                    concurrency=(1, 16, 64), duration_s=args.duration or 5, warmup_s=1,
+                    cold_starts=3, long_run=True, profile=args.profile,
+                    out=args.out or BENCH / "results")
+    return plan
+
+
+def guarded(step: str, failures: list[str], fn: Callable[[], None]) -> None:
+    """Run one step; a server failure is recorded and the bench goes on with the next."""
+    try:
+        fn()
+    except (ServerFailed, checks.CheckError, OSError, subprocess.SubprocessError) as exc:
+        message = f"{step}: {exc}"
+        failures.append(message)
+        print(f"FAILED {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    plan = parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="concurrency-injector-bench-"))
+    workspace = Workspace(root=root, logs=plan.out / "logs")
+    workspace.logs.mkdir(parents=True, exist_ok=True)
+    prepare(workspace)
+    results: Obj = {
+        "meta": {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "mode": plan.mode,
+            "command": "hack/bench/run.sh " + " ".join(sys.argv[1:] if argv is None else argv),
+            "cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "versions": versions(), "wrk": wrk_version(),
+            "duration_s": plan.duration_s, "warmup_s": plan.warmup_s,
+            "concurrency": list(plan.concurrency), "servers": list(plan.servers),
+            "long_run_reviews": LONG_RUN_REVIEWS, "notes": notes(plan),
+        },
+        "bodies": {name: len(workspace.body_bytes[name]) for name in plan.bodies},
+        "body_sizes": {name: len(data) for name, data in workspace.body_bytes.items()},
+        "cold_start": {}, "runs": [], "long_run": {}, "failures": [],
+    }
+    print("bodies: " + ", ".join(f"{n} {s:,} B" for n, s in results["body_sizes"].items()))
+    failures: list[str] = results["failures"]
+    try:
+        for name in plan.servers:
+            guarded(name, failures, lambda name=name: bench_server(name, plan, workspace, results))
+        if plan.long_run:
+            for name in (s for s in LONG_RUN_SERVERS if s in plan.servers):
+                def one(name: str = name) -> None:
+                    results["long_run"][name] = long_run(name, workspace)
+                guarded(f"{name} long run", failures, one)
+        missed = any(t["met"] is False for t in report.evaluate_targets(results))
+        if "webhook" in plan.servers and (
+                plan.profile == "always" or (plan.profile == "auto" and missed)):
+            def prof() -> None:
+                results["profile"] = profile("webhook", plan, workspace)
+                print(results["profile"], flush=True)
+            guarded("webhook profile", failures, prof)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    report.write_all(results, plan.out)
+    print(f"results: {plan.out}/results.md, results.json, latency.png")
+    for target in results["targets"]:
+        print(f"  target {'met' if target['met'] else 'MISSED' if target['met'] is False else '-'}"
+              f": {target['target']}: {target['measured']}")
+    if failures:
+        print(f"{len(failures)} failure(s):", *failures, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

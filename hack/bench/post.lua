@@ -1,0 +1,51 @@
+-- wrk script: POST one AdmissionReview body over and over, the way kube-apiserver calls a
+-- webhook, and print the result as one JSON line. Usage:
+--   wrk ... -s post.lua URL -- BODY_FILE [STOP_AFTER]
+-- STOP_AFTER (optional) stops each thread after that many responses (the 100k-review run).
+-- wrk counts only statuses >= 400 as errors; response() below counts every non-2xx.
+
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  local file = assert(io.open(args[1], "rb"))
+  local body = file:read("*a")
+  file:close()
+  stop_after = tonumber(args[2] or "0")
+  responses = 0
+  non2xx = 0
+  req = wrk.format("POST", "/mutate?timeout=10s",
+                   {["Content-Type"] = "application/json"}, body)
+end
+
+function request()
+  return req
+end
+
+function response(status, headers, body)
+  responses = responses + 1
+  if status < 200 or status > 299 then
+    non2xx = non2xx + 1
+  end
+  if stop_after > 0 and responses >= stop_after then
+    wrk.thread:stop()
+  end
+end
+
+function done(summary, latency, requests)
+  local non2xx_total = 0
+  for _, thread in ipairs(threads) do
+    non2xx_total = non2xx_total + thread:get("non2xx")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"bytes":%d,' ..
+    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f,' ..
+    '"non2xx":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}\n',
+    summary.requests, summary.duration, summary.bytes,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+    latency.mean, non2xx_total, e.connect, e.read, e.write, e.status, e.timeout))
+end
