@@ -22,7 +22,7 @@ COPY --from=build /wheels /wheels
 # final image builds or installs anything.
 RUN pip install /wheels/*.whl \
     && rm -rf /wheels \
-    && pip uninstall -y pip setuptools wheel 2>/dev/null || true
+    && (pip uninstall -y pip setuptools wheel || true)
 USER 65532:65532
 WORKDIR /tmp
 # The server writes only to the certificate directory and /tmp, both emptyDir volumes in the
