@@ -50,6 +50,7 @@ LONG_RUN_BODY = "target-16k"
 PROFILE_BODY = "target-4k"
 PROFILE_CONCURRENCY = 16
 PROFILE_TOP = 25
+PROFILE_RATE = 100
 
 
 @dataclass(frozen=True)
@@ -287,8 +288,10 @@ def long_run(name: str, workspace: Workspace) -> Obj:
 
 
 def summarize_profile(raw: Path, top: int = PROFILE_TOP) -> str:
-    """The hottest frames of a py-spy raw (collapsed) profile: self time and inclusive time."""
+    """The hottest frames of a py-spy raw (collapsed) profile: self time by file and by frame,
+    and inclusive time by frame."""
     self_time: Counter[str] = Counter()
+    by_file: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
     for line in raw.read_text(errors="replace").splitlines():
@@ -296,19 +299,27 @@ def summarize_profile(raw: Path, top: int = PROFILE_TOP) -> str:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = stack.split(";")
+        # --subprocesses puts the process first; it says nothing about where time goes.
+        frames = [f for f in stack.split(";") if not f.startswith("process ")]
+        if not frames:
+            continue
         total += count
         self_time[frames[-1]] += count
+        by_file[frames[-1].rpartition("(")[2].split(":")[0]] += count
         for frame in set(frames):
             inclusive[frame] += count
     if not total:
         return "no samples"
 
-    def table(counter: Counter[str]) -> list[str]:
-        return [f"{count / total:6.1%}  {frame}" for frame, count in counter.most_common(top)]
+    def table(counter: Counter[str], limit: int) -> list[str]:
+        return [f"{count / total:6.1%}  {frame}" for frame, count in counter.most_common(limit)]
 
-    return "\n".join([f"{total} samples (active threads only)", "", "self time:",
-                      *table(self_time), "", "inclusive time:", *table(inclusive)])
+    return "\n".join([
+        f"{total} samples of the busy thread (idle time not sampled)",
+        "", "self time by file:", *table(by_file, 12),
+        "", "self time by frame:", *table(self_time, top),
+        "", "inclusive time by frame:", *table(inclusive, top),
+    ])
 
 
 def profile(name: str, plan: Plan, workspace: Workspace) -> str:
@@ -318,10 +329,11 @@ def profile(name: str, plan: Plan, workspace: Workspace) -> str:
         return "py-spy is not installed (hack/bench/install.sh installs it): no profile"
     group, port, _ = start_and_wait(name, workspace)
     raw = workspace.logs / f"profile-{name}.txt"
-    seconds = max(plan.duration_s, 3)
+    seconds = max(plan.duration_s, 10 if plan.mode == "full" else 3)
     with group:
+        # Blocking sampling (py-spy pauses the process per sample): --nonblocking tears stacks.
         recorder = procs.Group([py_spy, "record", "--pid", str(group.pid), "--format", "raw",
-                                "--rate", "200", "--duration", str(seconds), "--nonblocking",
+                                "--rate", str(PROFILE_RATE), "--duration", str(seconds),
                                 "--subprocesses", "--output", str(raw)],
                                cpu=LOAD_CPU, log=workspace.logs / "py-spy.log")
         with recorder:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what the benchmark needs and the project does not: wrk (Debian), and kopf, flask
-# and matplotlib (PyPI) for the peers and the plot. Idempotent: skips what is already there.
+# Install what the benchmark needs and the project does not: wrk (Debian); kopf, flask and
+# matplotlib (PyPI) for the peers and the plot; py-spy for the profile. Idempotent: skips what
+# is already there.
 set -eu
 
 if ! command -v wrk >/dev/null 2>&1; then
@@ -14,6 +15,9 @@ for mod in kopf flask matplotlib; do
         missing="$missing $mod"
     fi
 done
+if ! command -v py-spy >/dev/null 2>&1; then
+    missing="$missing py-spy"
+fi
 if [ -n "$missing" ]; then
     # shellcheck disable=SC2086  # one word per package
     python -m pip install $missing
