@@ -133,8 +133,24 @@ def decide(
             values = ", ".join(f"{k}={v}" for k, v in r.set.items())
             warnings.append(f"audit: would set {values} in {r.name!r}")
         return Decision([], _clean(warnings), results, True, reason)
-    patch = jsonpatch.make_patch(before, after).patch
+    patch = _in_document_order(jsonpatch.make_patch(before, after).patch)
     return Decision(patch, _clean(warnings), results, False, reason)
+
+
+def _in_document_order(patch: list[Obj]) -> list[Obj]:
+    """Annotations first, then containers in order, so the same change reads the same each time.
+
+    jsonpatch visits sibling dict keys in set order, which varies between processes; ops on
+    different keys are independent, and the stable sort keeps each array's ops in sequence.
+    """
+
+    def place(op: Obj) -> tuple[int, str, int, str]:
+        parts = op["path"].split("/")
+        if len(parts) >= 5 and parts[1] == "spec" and parts[3].isdigit():
+            return (1, parts[2], int(parts[3]), parts[4])
+        return (0, op["path"], 0, "")
+
+    return sorted(patch, key=place)
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ def cpu_limit(pod: Obj, container: Obj) -> tuple[CpuLimit | None, str | None]:
     try:
         remaining = quantity(pod_cpu)
         for other in _long_running(spec):
-            if other is container:
+            if other.get("name") == name:
                 continue
             other_cpu = own_cpu_limit(other)
             if other_cpu is None:

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.podgen import container, gunicorn, pod, review
+from webhook.admission import (
+    FAIL_OPEN_WARNING,
+    ReviewError,
+    fail_open,
+    mutate_review,
+    parse_review,
+)
+from webhook.app import request_budget
+from webhook.config import Settings
+
+
+def response_of(r: dict[str, Any]) -> dict[str, Any]:
+    out = mutate_review(r, Settings())
+    assert (out["apiVersion"], out["kind"]) == ("admission.k8s.io/v1", "AdmissionReview")
+    return out["response"]  # type: ignore[no-any-return]
+
+
+def test_pod_create_gets_a_base64_json_patch() -> None:
+    resp = response_of(review(pod(gunicorn(cpu="2")), uid="abc"))
+    assert resp["uid"] == "abc"
+    assert resp["allowed"] is True
+    assert resp["patchType"] == "JSONPatch"
+    ops = json.loads(base64.b64decode(resp["patch"]))
+    assert [op["path"] for op in ops] == ["/metadata/annotations", "/spec/containers/0/env"]
+    assert resp["auditAnnotations"] == {"injected": "web=2"}
+    assert "warnings" not in resp
+
+
+def test_non_target_has_no_patch_type() -> None:
+    assert response_of(review(pod(container("db", command=["postgres"])))) == {
+        "uid": "u-1",
+        "allowed": True,
+    }
+
+
+@pytest.mark.parametrize(
+    "r",
+    [
+        review(pod(gunicorn()), operation="UPDATE"),
+        review(pod(gunicorn()), operation="DELETE"),
+        review({"kind": "Deployment"}, kind="Deployment"),
+        {
+            **review(pod(gunicorn())),
+            "request": {**review(pod(gunicorn()))["request"], "subResource": "status"},
+        },
+        review(None),
+    ],
+    ids=["update", "delete", "not-a-pod", "subresource", "no-object"],
+)
+def test_everything_else_is_allowed_unchanged(r: dict[str, Any]) -> None:
+    assert response_of(r) == {"uid": "u-1", "allowed": True}
+
+
+def test_warnings_are_returned() -> None:
+    resp = response_of(review(pod(gunicorn(cpu=None))))
+    assert resp["warnings"] == ["container 'web' has no CPU limit; WEB_CONCURRENCY not set"]
+
+
+def test_audit_response() -> None:
+    out = mutate_review(review(pod(gunicorn(cpu="1"))), Settings(mode="audit"))["response"]
+    assert "patch" not in out
+    assert out["auditAnnotations"] == {"injected": "web=1", "mode": "audit"}
+    assert out["warnings"] == [
+        "audit: would set WEB_CONCURRENCY=1, CPU_LIMIT=limits.cpu, PYTHON_CPU_COUNT=1 in 'web'"
+    ]
+
+
+def test_fail_open_allows_with_a_warning() -> None:
+    assert fail_open("x") == {"uid": "x", "allowed": True, "warnings": [FAIL_OPEN_WARNING]}
+
+
+GOOD = review(pod(gunicorn()))
+
+
+def _with(path: list[str], value: Any) -> bytes:
+    data = json.loads(json.dumps(GOOD))
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return orjson.dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "body is not valid JSON"),
+        (b"[1, 2]", "body is not a JSON object"),
+        (b'{"kind": "Pod", "apiVersion": "v1"}', "kind must be AdmissionReview, got 'Pod'"),
+        (
+            _with(["apiVersion"], "admission.k8s.io/v1beta1"),
+            "apiVersion must be admission.k8s.io/v1",
+        ),
+        (_with(["request"], None), "request is missing or not an object"),
+        (_with(["request", "uid"], 7), "request.uid is missing or not a string"),
+        (_with(["request", "operation"], "PATCH"), "request.operation is not one of"),
+        (_with(["request", "kind"], "Pod"), "request.kind is missing or not an object"),
+        (_with(["request", "object"], "pod"), "request.object is not an object"),
+    ],
+    ids=[
+        "not-json",
+        "array",
+        "wrong-kind",
+        "old-version",
+        "no-request",
+        "uid-type",
+        "operation",
+        "kind-type",
+        "object-type",
+    ],
+)
+def test_malformed_reviews_name_the_problem(body: bytes, message: str) -> None:
+    with pytest.raises(ReviewError, match=message.replace("(", r"\(")):
+        parse_review(body)
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        ({"metadata": {}}, "pod has no spec object"),
+        ({"spec": {"containers": "web"}}, "pod spec.containers is missing or empty"),
+        (
+            {"spec": {"containers": [{"image": "x"}]}},
+            r"spec.containers\[0\] is not a container with a name",
+        ),
+        (
+            {"spec": {"containers": [{"name": "w", "env": {"A": 1}}]}},
+            r"spec.containers\[0\].env is not a list",
+        ),
+        (
+            {"metadata": {"annotations": ["x"]}, "spec": {"containers": [{"name": "w"}]}},
+            "pod metadata.annotations is not an object",
+        ),
+    ],
+    ids=["no-spec", "containers-string", "no-name", "env-dict", "annotations-list"],
+)
+def test_malformed_pods_are_review_errors(obj: dict[str, Any], message: str) -> None:
+    with pytest.raises(ReviewError, match=message):
+        mutate_review(review(obj), Settings())
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (b"", 2.0),
+        (b"timeout=10s", 2.0),
+        (b"timeout=2s", 1.5),
+        (b"timeout=500ms", 0.05),
+        (b"timeout=1.5s&x=1", 1.0),
+        (b"timeout=bogus", 2.0),
+    ],
+    ids=["none", "long", "short", "tiny", "fractional", "bad"],
+)
+def test_request_budget_stays_inside_the_api_server_timeout(query: bytes, expected: float) -> None:
+    assert request_budget(Settings(), query) == pytest.approx(expected)

@@ -1,0 +1,208 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from tests.podgen import container, gunicorn, pod
+from webhook.config import Settings
+from webhook.detection import ServerCommand
+from webhook.policy import (
+    CpuLimit,
+    WorkerPolicy,
+    cpu_limit,
+    flag_warnings,
+    pod_policy,
+    python_cpu_count,
+    worker_count,
+)
+
+
+def policy(
+    wpc: str = "1",
+    lo: int = 1,
+    hi: int | None = None,
+    mem: str | None = None,
+    rounding: str = "floor",
+) -> WorkerPolicy:
+    return WorkerPolicy(Decimal(wpc), lo, hi, Decimal(mem) if mem else None, rounding)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("cpu", "pol", "memory", "expected"),
+    [
+        ("1", policy(), None, (1, None)),
+        ("2.9", policy(), None, (2, None)),
+        ("0.25", policy(), None, (1, None)),
+        ("3", policy("2"), None, (6, None)),
+        ("1.5", policy("2"), None, (3, None)),
+        ("16", policy(hi=4), None, (4, None)),
+        ("1", policy(lo=3), None, (3, None)),
+        ("2.5", policy(rounding="ceil"), None, (3, None)),
+        ("2.5", policy(rounding="round"), None, (3, None)),
+        ("2.4", policy(rounding="round"), None, (2, None)),
+        ("8", policy(mem="209715200"), Decimal(536870912), (2, 2)),
+        ("8", policy(mem="209715200"), Decimal(100), (1, 1)),
+        ("1", policy(mem="209715200"), Decimal(536870912), (1, None)),
+        ("8", policy(mem="209715200"), None, (8, None)),
+    ],
+    ids=[
+        "one",
+        "floor",
+        "fraction-min-1",
+        "per-cpu-2",
+        "per-cpu-fraction",
+        "max",
+        "min",
+        "ceil",
+        "round-half-up",
+        "round-down",
+        "memory-cap",
+        "memory-cap-at-least-1",
+        "memory-not-deciding",
+        "no-memory-limit",
+    ],
+)
+def test_worker_count(
+    cpu: str, pol: WorkerPolicy, memory: Decimal | None, expected: tuple[int, int | None]
+) -> None:
+    workers = worker_count(Decimal(cpu), pol, memory=memory)
+    assert (workers.count, workers.memory_cap) == expected
+
+
+@pytest.mark.parametrize(("cpu", "expected"), [("0.1", 1), ("1", 1), ("1.9", 1), ("4", 4)])
+def test_python_cpu_count(cpu: str, expected: int) -> None:
+    assert python_cpu_count(Decimal(cpu)) == expected
+
+
+@pytest.mark.parametrize(
+    ("p", "name", "expected", "why"),
+    [
+        (pod(gunicorn(cpu="500m")), "web", CpuLimit(Decimal("0.5"), "container"), None),
+        (
+            pod(gunicorn(cpu=None)),
+            "web",
+            None,
+            "container 'web' has no CPU limit; WEB_CONCURRENCY not set",
+        ),
+        (
+            pod(gunicorn(cpu=None), container("side", cpu="500m"), pod_cpu="2"),
+            "web",
+            CpuLimit(Decimal("1.5"), "pod"),
+            None,
+        ),
+        (
+            pod(
+                gunicorn(cpu=None),
+                pod_cpu="2",
+                init=[
+                    container("proxy", cpu="250m", restartPolicy="Always"),
+                    container("once", cpu=None),
+                ],
+            ),
+            "web",
+            CpuLimit(Decimal("1.75"), "pod"),
+            None,
+        ),
+        (
+            pod(gunicorn(cpu=None), container("side", cpu=None), pod_cpu="2"),
+            "web",
+            None,
+            "container 'web' has no CPU limit and 'side' neither: pod CPU split unknown",
+        ),
+        (
+            pod(gunicorn(cpu=None), container("side", cpu="2"), pod_cpu="2"),
+            "web",
+            None,
+            "container 'web': no pod-level CPU left after other containers' limits",
+        ),
+        (
+            pod(gunicorn(cpu="lots")),
+            "web",
+            None,
+            "container 'web' has an invalid CPU limit; nothing injected",
+        ),
+        (
+            pod(gunicorn(cpu="0")),
+            "web",
+            None,
+            "container 'web' has a CPU limit of 0; nothing injected",
+        ),
+    ],
+    ids=[
+        "own",
+        "none",
+        "pod-less-others",
+        "pod-less-sidecars",
+        "split-unknown",
+        "nothing-left",
+        "invalid",
+        "zero",
+    ],
+)
+def test_cpu_limit(
+    p: dict[str, object], name: str, expected: CpuLimit | None, why: str | None
+) -> None:
+    spec = p["spec"]
+    assert isinstance(spec, dict)
+    target = next(c for c in spec["containers"] if c["name"] == name)
+    assert cpu_limit(p, target) == (expected, why)
+
+
+def test_pod_policy_annotations_override_and_bad_ones_warn() -> None:
+    settings = Settings(workers_per_cpu=Decimal(2), max_workers=8)
+    pol, warnings = pod_policy(
+        settings,
+        {
+            "concurrency-injector.io/workers-per-cpu": "1.5",
+            "concurrency-injector.io/min-workers": "2",
+            "concurrency-injector.io/max-workers": "many",
+            "concurrency-injector.io/memory-per-worker": "256Mi",
+        },
+    )
+    assert pol == WorkerPolicy(Decimal("1.5"), 2, 8, Decimal(268435456), "floor")
+    assert warnings == [
+        "concurrency-injector.io/max-workers='many' is not valid; using the default"
+    ]
+
+
+def test_pod_policy_min_above_max_uses_max() -> None:
+    pol, warnings = pod_policy(
+        Settings(),
+        {
+            "concurrency-injector.io/min-workers": "6",
+            "concurrency-injector.io/max-workers": "4",
+        },
+    )
+    assert (pol.min_workers, pol.max_workers) == (4, 4)
+    assert warnings == ["min-workers 6 is above max-workers 4; using 4"]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (("app:app",), {}, []),
+        (("-w", "4"), {}, ["container 'web': --workers 4 in args overrides WEB_CONCURRENCY"]),
+        (("-w8",), {}, ["container 'web': --workers 8 in args overrides WEB_CONCURRENCY"]),
+        (("--workers=3",), {}, ["container 'web': --workers 3 in args overrides WEB_CONCURRENCY"]),
+        (("--threads", "1"), {}, []),
+        (
+            ("--threads", "4"),
+            {},
+            [
+                "container 'web': gunicorn --threads 4 in args runs WEB_CONCURRENCY x threads at once"
+            ],
+        ),
+        (
+            (),
+            {"GUNICORN_CMD_ARGS": "--workers 5 --threads=2"},
+            [
+                "container 'web': --workers 5 in GUNICORN_CMD_ARGS overrides WEB_CONCURRENCY",
+                "container 'web': gunicorn --threads 2 in GUNICORN_CMD_ARGS runs WEB_CONCURRENCY x threads at once",
+            ],
+        ),
+    ],
+    ids=["none", "short", "short-joined", "long-equals", "threads-1", "threads-4", "cmd-args-env"],
+)
+def test_flag_warnings(args: tuple[str, ...], env: dict[str, str], expected: list[str]) -> None:
+    assert flag_warnings("web", ServerCommand("gunicorn", args), env) == expected
