@@ -245,13 +245,18 @@ def build_api(webhook: Webhook) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        watcher = asyncio.create_task(_watch_certificates(webhook.settings.cert_reload_seconds))
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(_watch_certificates(webhook.settings.cert_reload_seconds))]
+        if webhook.settings.tls_self_managed:
+            tasks.append(asyncio.create_task(_self_managed_tls(webhook.settings, stop)))
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            stop.set()
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if webhook.resolver is not None and hasattr(webhook.resolver, "aclose"):
                 await webhook.resolver.aclose()
 
@@ -293,6 +298,13 @@ async def _watch_certificates(interval: float) -> None:
         await asyncio.sleep(interval)
         for ctx in tls.ACTIVE:
             ctx.reload_if_changed()
+
+
+async def _self_managed_tls(settings: Settings, stop: asyncio.Event) -> None:
+    """Keep the self-managed certificate renewed and the caBundle current (in-cluster only)."""
+    from webhook import selfmanaged
+
+    await selfmanaged.run_self_managed(selfmanaged.Target.from_settings(settings), stop)
 
 
 def create_app() -> Webhook:

@@ -49,6 +49,8 @@ def serve(settings: Settings, environ: MutableMapping[str, str] | None = None) -
     except ConfigError as exc:
         log.error(str(exc))
         return 2
+    if settings.tls_self_managed:
+        prepare_self_managed(settings)
     if workers > 1 and not environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker is its own process: share metrics so one scrape sees them all.
         environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
@@ -79,6 +81,19 @@ def serve(settings: Settings, environ: MutableMapping[str, str] | None = None) -
         lifespan="on",
     )
     return 0
+
+
+def prepare_self_managed(settings: Settings) -> None:
+    """Self-managed TLS: sync the Secret and caBundle and write the serving pair before binding.
+
+    An API error here stops start-up (the pod restarts) rather than serving a certificate the
+    API server does not trust; after start-up each worker keeps it current (see app lifespan).
+    """
+    from webhook import selfmanaged
+
+    target = selfmanaged.Target.from_settings(settings)
+    core, admission = selfmanaged.in_cluster_apis()
+    selfmanaged.ensure_certificates(core, admission, target)
 
 
 EXAMPLE_REVIEW = {
