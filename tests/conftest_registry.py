@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_server import (
+
+from tests.registry_server import (
     PASSWORD,
     TOKEN_ISSUER,
     TOKEN_SERVICE,
@@ -27,7 +28,6 @@ from registry_server import (
     free_port,
     registry_binary,
 )
-
 from webhook.certs import build_ca, build_leaf
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from registry_server import (
+
+from tests.registry_server import (
     CountingTransport,
     Pushed,
     Pusher,
@@ -17,11 +18,11 @@ from registry_server import (
     TokenIssuer,
     docker_config,
 )
-
+from webhook import registry_fetch
 from webhook.registry import RegistryResolver
 from webhook.types import ImageConfig
 
-pytest_plugins = ["conftest_registry"]
+pytest_plugins = ["tests.conftest_registry"]
 
 BUDGET = 2.0
 RUNTIME_LABEL = "io.concurrency-injector.runtime"
@@ -217,8 +218,10 @@ async def test_token_auth_flow(
 
 
 async def test_unresponsive_registry_returns_within_budget(
-    images: dict[str, Pushed], host: str, silent_server: str
+    images: dict[str, Pushed], host: str, silent_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Short HTTP timeouts let the background lookups end before teardown, not be cancelled.
+    monkeypatch.setattr(registry_fetch, "HTTP_CALL_TIMEOUT", 0.5)
     before = lookups("timeout")
     budget = 0.3
     resolver = RegistryResolver(insecure_registries=[host, silent_server])

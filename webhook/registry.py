@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 # A lookup that outlives its caller's budget keeps filling the cache, but never past this.
 BACKGROUND_BUDGET = 10.0
+# The outer guard on a lookup fires this long after its own HTTP timeouts would have: cancelling
+# a TLS handshake mid-way leaks its socket (httpcore closes on errors, not on cancellation).
+CANCEL_GRACE = 1.0
 # At most this many distinct images are looked up at once; more are left out (fail-open).
 MAX_IN_FLIGHT = 256
 
@@ -181,8 +184,13 @@ class RegistryResolver:
         return found
 
     async def aclose(self) -> None:
-        """Stop lookups still running and close connections."""
+        """Stop lookups still running and close connections.
+
+        Lookups get a short grace to end on their own HTTP timeouts before they are cancelled.
+        """
         tasks = list(self._in_flight.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_GRACE)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -216,7 +224,7 @@ class RegistryResolver:
         """One registry round trip for `ref`, stored in the cache; never raises."""
         started = time.monotonic()
         try:
-            async with asyncio.timeout(BACKGROUND_BUDGET):
+            async with asyncio.timeout(BACKGROUND_BUDGET + CANCEL_GRACE):
                 fetched = await self._client.fetch(
                     ref, deadline=started + BACKGROUND_BUDGET, known=self._configs.get
                 )
