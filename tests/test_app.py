@@ -79,7 +79,7 @@ async def test_image_label_detection_through_the_resolver() -> None:
 
 
 async def test_a_broken_image_config_fails_open() -> None:
-    broken = {IMG: {"labels": None, "entrypoint": None, "cmd": None, "env": []}}
+    broken: dict[str, Any] = {IMG: {"labels": None, "entrypoint": None, "cmd": None, "env": []}}
     app = Webhook(Settings(), resolver=StandInResolver(broken))
     before = metric("concurrency_injector_errors_total", stage="mutate")
     resp = await post(app, review(pod(container(image=IMG)), uid="u-9"))
