@@ -241,19 +241,19 @@ def plan(
         ca = certs.build_ca(now=now)
         return Material(ca=ca, leaf=certs.build_leaf(ca, names, now=now), trust=ca.cert_pem)
 
-    ca = current.ca
+    ca, leaf = current.ca, current.leaf
     old_trust = certs.load_bundle(current.trust)
     trust = [c for c in old_trust if _valid_at(c, now)]
+    reason = _leaf_reason(leaf, ca, trust, names, now)
+    if reason:
+        log.info("issuing a new serving certificate: %s", reason)
+        # Signed by the CA in force now: in a round that also renews the CA, that is the old
+        # one, which the API servers already trust; the move to the new CA comes later.
+        leaf = certs.build_leaf(ca, names, now=now)
     if certs.needs_rotation(ca.cert, now=now):
         log.info("renewing the CA; the old one stays trusted until it expires")
         ca = certs.build_ca(now=now)
         trust = [ca.cert, *trust]
-
-    leaf = current.leaf
-    reason = _leaf_reason(leaf, ca, trust, names, now)
-    if reason:
-        log.info("issuing a new serving certificate: %s", reason)
-        leaf = certs.build_leaf(ca, names, now=now)
 
     if ca is current.ca and leaf is current.leaf and trust == old_trust:
         return None
