@@ -322,3 +322,47 @@ async def test_cache_is_bounded(images: dict[str, Pushed], host: str) -> None:
         assert len(transport.paths("apps/labelled/manifests")) == 2
     finally:
         await resolver.aclose()
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    """p50 and p99 of `samples`, in milliseconds."""
+    ordered = sorted(samples)
+
+    def pick(quantile: float) -> float:
+        return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))] * 1000
+
+    return pick(0.50), pick(0.99)
+
+
+@pytest.mark.slow
+async def test_lookup_latency(plain_registry: tuple[RegistryServer, Pusher], host: str) -> None:
+    """Cold and cached lookup latency against the local registry (printed, loosely bounded)."""
+    _, push = plain_registry
+    count = 300
+    for n in range(count):
+        push.image("apps/bench", f"t{n}", config={"Labels": {"n": str(n)}, "Cmd": ["gunicorn"]})
+    images = [f"{host}/apps/bench:t{n}" for n in range(count)]
+    fresh: list[float] = []
+    for image in images[:30]:
+        resolver = RegistryResolver(insecure_registries=[host])
+        started = time.perf_counter()
+        assert image in await resolver.resolve([image], timeout=BUDGET)
+        fresh.append(time.perf_counter() - started)
+        await resolver.aclose()
+    resolver = RegistryResolver(insecure_registries=[host])
+    try:
+        await resolver.resolve([f"{host}/apps/labelled:1.0"], timeout=BUDGET)  # connection up
+        timings: dict[str, list[float]] = {"cold": [], "cached": []}
+        for phase in ("cold", "cached"):
+            for image in images:
+                started = time.perf_counter()
+                assert image in await resolver.resolve([image], timeout=BUDGET)
+                timings[phase].append(time.perf_counter() - started)
+    finally:
+        await resolver.aclose()
+    report = {"cold, new client": fresh, **timings}
+    for name, samples in report.items():
+        p50, p99 = percentiles(samples)
+        print(f"\n{name}: n={len(samples)} p50={p50:.3f} ms p99={p99:.3f} ms", end="")
+    assert percentiles(timings["cached"])[0] < 5.0
+    assert percentiles(timings["cold"])[0] < 250.0

@@ -38,6 +38,10 @@ MAX_CONFIG_BYTES = 8 << 20
 TOKEN_DEFAULT_TTL = 60.0
 TOKEN_MARGIN = 5.0
 USER_AGENT = "concurrency-injector"
+# Image names come from pods, so hosts and repositories are many: keep what is learnt bounded.
+MAX_HOSTS = 512
+MAX_TOKENS_PER_HOST = 256
+MAX_REDIRECTS = 5
 
 # Architecture aliases and default variants, as containerd's `platforms.Normalize` has them.
 _ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386",
@@ -169,12 +173,12 @@ class RegistryClient:
         headers = {"User-Agent": USER_AGENT}
         self._verified = httpx.AsyncClient(
             verify=context, transport=transport, limits=limits, headers=headers,
-            follow_redirects=True, trust_env=False,
+            follow_redirects=True, max_redirects=MAX_REDIRECTS, trust_env=False,
         )
         # Unverified TLS, only ever used for hosts named with --insecure-registry.
         self._unverified = httpx.AsyncClient(
             verify=False, transport=transport, limits=limits, headers=headers,
-            follow_redirects=True, trust_env=False,
+            follow_redirects=True, max_redirects=MAX_REDIRECTS, trust_env=False,
         )
         self._hosts: dict[str, _Host] = {}
 
@@ -189,6 +193,8 @@ class RegistryClient:
         host = self._hosts.get(ref.host)
         if host is None:
             host = _Host(scheme=None if self._is_insecure(ref) else "https")
+            if len(self._hosts) >= MAX_HOSTS:
+                self._hosts.clear()
             self._hosts[ref.host] = host
         return host
 
@@ -301,6 +307,8 @@ class RegistryClient:
         if cached is not None and cached[0] > time.monotonic():
             return f"Bearer {cached[1]}"
         token, ttl = await self._token(challenge, scope, credentials, deadline=deadline)
+        if len(host.tokens) >= MAX_TOKENS_PER_HOST:
+            host.tokens.clear()
         host.tokens[scope] = (time.monotonic() + max(0.0, ttl - TOKEN_MARGIN), token)
         return f"Bearer {token}"
 
