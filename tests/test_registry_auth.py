@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from webhook.registry import RegistryResolver
@@ -17,7 +19,14 @@ from webhook.registry_auth import (
     parse_docker_config,
     registry_key,
 )
-from webhook.registry_fetch import LookupFailed, Platform, parse_image_config, select_platform
+from webhook.registry_fetch import (
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    LookupFailed,
+    Platform,
+    parse_image_config,
+    select_platform,
+)
 from webhook.types import ImageConfig
 
 
@@ -167,3 +176,51 @@ def test_resolver_checks_settings_at_start(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="not JSON"):
         RegistryResolver(docker_config=str(tmp_path / "bad.json"))
+
+
+async def test_docker_hub_addressing_with_a_fake_transport() -> None:
+    """`python:3.12` goes to registry-1.docker.io with Docker Hub's token flow.
+
+    A fake (httpx.MockTransport) because Docker Hub is out of reach here; the same flow runs
+    against a real token-auth registry in test_registry.py.
+    """
+    config = json.dumps({"config": {"Cmd": ["python3"]}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+                           "config": {"digest": config_digest}}).encode()
+    manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    index = json.dumps({"mediaType": OCI_INDEX, "manifests": [
+        {"digest": manifest_digest, "platform": {"os": "linux", "architecture": "amd64"}}]})
+    seen: list[str] = []
+
+    def hub(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url}")
+        if request.url.host == "auth.docker.io":
+            return httpx.Response(200, json={"token": "t0k", "expires_in": 300})
+        if request.headers.get("Authorization") != "Bearer t0k":
+            return httpx.Response(401, headers={"WWW-Authenticate": (
+                'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+                'scope="repository:library/python:pull"')})
+        if request.url.path.endswith("/manifests/3.12"):
+            assert all(t in request.headers["Accept"] for t in (OCI_INDEX, DOCKER_MANIFEST))
+            return httpx.Response(200, content=index, headers={"Content-Type": OCI_INDEX})
+        if request.url.path.endswith(f"/manifests/{manifest_digest}"):
+            return httpx.Response(200, content=manifest, headers={"Content-Type": DOCKER_MANIFEST})
+        return httpx.Response(200, content=config)
+
+    resolver = RegistryResolver(transport=httpx.MockTransport(hub))
+    try:
+        found = await resolver.resolve(["python:3.12"], timeout=2.0)
+    finally:
+        await resolver.aclose()
+    assert found == {"python:3.12": ImageConfig(labels={}, entrypoint=None, cmd=["python3"],
+                                                env=[])}
+    hub_v2 = "https://registry-1.docker.io/v2/library/python"
+    assert seen == [
+        f"GET {hub_v2}/manifests/3.12",
+        "GET https://auth.docker.io/token?scope=repository%3Alibrary%2Fpython%3Apull"
+        "&service=registry.docker.io",
+        f"GET {hub_v2}/manifests/3.12",
+        f"GET {hub_v2}/manifests/{manifest_digest}",
+        f"GET {hub_v2}/blobs/{config_digest}",
+    ]
