@@ -83,7 +83,7 @@ class ConfigMapReader:
             return None
         return hit[1]
 
-    def _store(self, namespace: str, name: str, keys: frozenset[str]) -> None:
+    def _store(self, namespace: str, name: str, *, keys: frozenset[str]) -> None:
         now = self._clock()
         with self._lock:
             if len(self._cache) >= CACHE_MAX_ENTRIES:
@@ -92,7 +92,7 @@ class ConfigMapReader:
                     self._cache.clear()
             self._cache[(namespace, name)] = (now + self._ttl, keys)
 
-    def _read(self, namespace: str, name: str, timeout: float) -> frozenset[str] | None:
+    def _read(self, namespace: str, name: str, *, timeout: float) -> frozenset[str] | None:
         """Blocking read of one ConfigMap; None when its keys stay unknown."""
         from kubernetes.client.exceptions import ApiException
 
@@ -111,7 +111,7 @@ class ConfigMapReader:
         else:
             keys = _keys(config_map)
         # Stored even when the caller stopped waiting, so the next review finds it.
-        self._store(namespace, name, keys)
+        self._store(namespace, name, keys=keys)
         return keys
 
     async def configmap_keys(
@@ -129,7 +129,9 @@ class ConfigMapReader:
         if not missing or timeout <= 0:
             return result
         tasks = {
-            name: asyncio.create_task(asyncio.to_thread(self._read, namespace, name, timeout))
+            name: asyncio.create_task(
+                asyncio.to_thread(self._read, namespace, name, timeout=timeout)
+            )
             for name in missing
         }
         done, pending = await asyncio.wait(tasks.values(), timeout=timeout)

@@ -207,7 +207,12 @@ def issued_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
 
 
 def _leaf_reason(
-    leaf: KeyPair, ca: KeyPair, trust: list[x509.Certificate], names: list[str], now: dt.datetime
+    leaf: KeyPair,
+    ca: KeyPair,
+    *,
+    trust: list[x509.Certificate],
+    names: list[str],
+    now: dt.datetime,
 ) -> str | None:
     """Why the serving pair must be reissued, or None when it can stay."""
     cert = leaf.cert
@@ -244,7 +249,7 @@ def plan(
     ca, leaf = current.ca, current.leaf
     old_trust = certs.load_bundle(current.trust)
     trust = [c for c in old_trust if _valid_at(c, now)]
-    reason = _leaf_reason(leaf, ca, trust, names, now)
+    reason = _leaf_reason(leaf, ca, trust=trust, names=names, now=now)
     if reason:
         log.info("issuing a new serving certificate: %s", reason)
         # Signed by the CA in force now: in a round that also renews the CA, that is the old
@@ -279,7 +284,7 @@ def next_material(
 
 
 def _secret_body(
-    target: Target, material: Material, resource_version: str | None
+    target: Target, material: Material, *, resource_version: str | None
 ) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         "name": target.secret_name,
@@ -326,12 +331,12 @@ def sync_secret(api: SecretsApi, target: Target, *, now: dt.datetime | None = No
             return material
         try:
             if secret is None:
-                body = _secret_body(target, material, None)
+                body = _secret_body(target, material, resource_version=None)
                 api.create_namespaced_secret(target.namespace, body, _request_timeout=API_TIMEOUT)
                 log.info("created TLS Secret %s/%s", target.namespace, target.secret_name)
             else:
                 version = secret.metadata.resource_version
-                body = _secret_body(target, material, version)
+                body = _secret_body(target, material, resource_version=version)
                 api.replace_namespaced_secret(
                     target.secret_name, target.namespace, body, _request_timeout=API_TIMEOUT
                 )
@@ -363,7 +368,7 @@ def ca_bundle_patch(config: Any, trust: bytes) -> list[dict[str, Any]]:
     return ops
 
 
-def sync_ca_bundle(api: WebhookConfigApi, name: str, trust: bytes) -> bool:
+def sync_ca_bundle(api: WebhookConfigApi, name: str, *, trust: bytes) -> bool:
     """Write `trust` into the caBundle of every webhook of configuration `name` when it differs.
 
     Returns True when it patched. A missing configuration is logged, not raised: the server
@@ -424,8 +429,8 @@ def write_key_pair(pair: KeyPair, *, cert_file: Path, key_file: Path) -> bool:
 def ensure_certificates(
     core: SecretsApi,
     admission: WebhookConfigApi,
-    target: Target,
     *,
+    target: Target,
     now: dt.datetime | None = None,
 ) -> KeyPair:
     """One full round: Secret, caBundle, files. Blocking; call it before the server binds.
@@ -434,7 +439,7 @@ def ensure_certificates(
     fails (and restarts) rather than serving a certificate nobody trusts.
     """
     material = sync_secret(core, target, now=now)
-    sync_ca_bundle(admission, target.webhook_config, material.trust)
+    sync_ca_bundle(admission, target.webhook_config, trust=material.trust)
     if write_key_pair(material.leaf, cert_file=target.cert_file, key_file=target.key_file):
         log.info("serving certificate written to %s", target.cert_file)
     return material.leaf
@@ -473,6 +478,6 @@ async def run_self_managed(
         except TimeoutError:
             pass
         try:
-            await asyncio.to_thread(ensure_certificates, core, admission, target)
+            await asyncio.to_thread(ensure_certificates, core, admission, target=target)
         except Exception:
             log.exception("self-managed TLS round failed; the current certificate stays in service")
