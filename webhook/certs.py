@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -164,7 +165,7 @@ def key_matches(pair: KeyPair) -> bool:
     try:
         key = serialization.load_pem_private_key(pair.key_pem, password=None)
         cert = pair.cert
-    except ValueError:
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         return False
     return bool(
         key.public_key().public_bytes(
