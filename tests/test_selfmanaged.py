@@ -465,7 +465,7 @@ def test_standin_first_start_creates_secret_bundle_and_files(
 ) -> None:
     standin.add_config(webhooks=2)
     core, admission = apis(standin)
-    leaf = selfmanaged.ensure_certificates(core, admission, target=target)
+    leaf = selfmanaged.ensure_certificates(core, admission, target)
     material = stored(standin)
     assert standin.secrets[(NAMESPACE, SECRET)]["type"] == "kubernetes.io/tls"
     assert material.leaf == leaf
@@ -477,9 +477,9 @@ def test_standin_first_start_creates_secret_bundle_and_files(
 
 def test_standin_second_round_changes_nothing(standin: StandInApiServer, target: Target) -> None:
     core, admission = apis(standin)
-    first = selfmanaged.ensure_certificates(core, admission, target=target)
+    first = selfmanaged.ensure_certificates(core, admission, target)
     standin.requests.clear()
-    assert selfmanaged.ensure_certificates(core, admission, target=target) == first
+    assert selfmanaged.ensure_certificates(core, admission, target) == first
     assert [m for m, _ in standin.requests] == ["GET", "GET"]  # no write, no patch
 
 
@@ -498,7 +498,7 @@ def test_standin_create_conflict_uses_the_winners_secret(
 
     standin.before = other_replica
     core, admission = apis(standin)
-    leaf = selfmanaged.ensure_certificates(core, admission, target=target)
+    leaf = selfmanaged.ensure_certificates(core, admission, target)
     assert leaf == winner.leaf
     assert stored(standin) == winner
     assert standin.ca_bundles() == [winner.trust]
@@ -519,7 +519,7 @@ def test_standin_update_conflict_rereads(standin: StandInApiServer, target: Targ
             standin.put_secret(encode_secret(theirs))
 
     standin.before = other_replica
-    assert selfmanaged.ensure_certificates(core, admission, target=target) == theirs.leaf
+    assert selfmanaged.ensure_certificates(core, admission, target) == theirs.leaf
     assert [m for m, _ in standin.requests][:4] == ["GET", "PUT", "GET", "GET"]
 
 
@@ -536,7 +536,7 @@ def test_standin_replicas_starting_together_converge(
                       service_name=SERVICE, cert_file=tmp_path / f"{i}" / "tls.crt",
                       key_file=tmp_path / f"{i}" / "tls.key")
         barrier.wait()
-        results.append(selfmanaged.ensure_certificates(core, admission, target=mine))
+        results.append(selfmanaged.ensure_certificates(core, admission, mine))
 
     threads = [threading.Thread(target=replica, args=(i,)) for i in range(4)]
     for t in threads:
@@ -556,10 +556,10 @@ def test_standin_renewal_updates_secret_and_files_not_bundle(
 ) -> None:
     core, admission = apis(standin)
     now = dt.datetime.now(dt.UTC)
-    first = selfmanaged.ensure_certificates(core, admission, target=target, now=now)
+    first = selfmanaged.ensure_certificates(core, admission, target, now=now)
     bundle = standin.ca_bundles()
     later = now + 250 * DAY  # past 2/3 of the 365-day serving certificate
-    renewed = selfmanaged.ensure_certificates(core, admission, target=target, now=later)
+    renewed = selfmanaged.ensure_certificates(core, admission, target, now=later)
     assert renewed != first
     assert stored(standin).leaf == renewed
     assert target.cert_file.read_bytes() == renewed.cert_pem
@@ -571,7 +571,7 @@ def test_standin_missing_webhook_configuration_is_not_fatal(
 ) -> None:
     standin.configs.clear()
     core, admission = apis(standin)
-    leaf = selfmanaged.ensure_certificates(core, admission, target=target)
+    leaf = selfmanaged.ensure_certificates(core, admission, target)
     assert target.cert_file.read_bytes() == leaf.cert_pem
 
 
@@ -579,7 +579,7 @@ def test_standin_api_errors_fail_start_up(standin: StandInApiServer, target: Tar
     standin.fail_with = 500
     core, admission = apis(standin)
     with pytest.raises(ApiException) as raised:
-        selfmanaged.ensure_certificates(core, admission, target=target)
+        selfmanaged.ensure_certificates(core, admission, target)
     assert raised.value.status == 500
     assert not target.cert_file.exists()
 
@@ -589,7 +589,7 @@ async def test_standin_loop_resyncs_until_stopped(
 ) -> None:
     """The background loop converges on what the Secret holds and stops when told."""
     core, admission = apis(standin)
-    await asyncio.to_thread(selfmanaged.ensure_certificates, core, admission, target=target)
+    await asyncio.to_thread(selfmanaged.ensure_certificates, core, admission, target)
     replacement = plan(None, NAMES)
     assert replacement is not None
     standin.put_secret(encode_secret(replacement))  # e.g. another replica rotated everything

@@ -429,8 +429,8 @@ def write_key_pair(pair: KeyPair, *, cert_file: Path, key_file: Path) -> bool:
 def ensure_certificates(
     core: SecretsApi,
     admission: WebhookConfigApi,
-    *,
     target: Target,
+    *,
     now: dt.datetime | None = None,
 ) -> KeyPair:
     """One full round: Secret, caBundle, files. Blocking; call it before the server binds.
@@ -478,6 +478,6 @@ async def run_self_managed(
         except TimeoutError:
             pass
         try:
-            await asyncio.to_thread(ensure_certificates, core, admission, target=target)
+            await asyncio.to_thread(ensure_certificates, core, admission, target)
         except Exception:
             log.exception("self-managed TLS round failed; the current certificate stays in service")
