@@ -1,0 +1,245 @@
+"""Real gunicorn and real uvicorn, started with the env the webhook produced, count their workers.
+
+The webhook's answer comes from the real CLI (`concurrency-injector mutate -o json`). The env a
+container would see is resolved as the kubelet does: literal `value`s as written, and `CPU_LIMIT`
+from its downward-API `resourceFieldRef` (the limit over the divisor, rounded up to a whole
+number). The servers run with that env and no worker flag; their workers are counted in /proc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import http.client
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kubernetes.utils import parse_quantity
+
+from tests.servers import (
+    LOOPBACK,
+    children,
+    clean_env,
+    cli_command,
+    cmdline,
+    environ_of,
+    free_port,
+    gunicorn_pod,
+    process_group,
+    wait_until,
+)
+
+START_TIMEOUT = 30.0
+INJECTED = ("WEB_CONCURRENCY", "CPU_LIMIT", "PYTHON_CPU_COUNT")
+
+# Both apps answer with what their worker process sees.
+WSGI_APP = """\
+import json, os, sys
+
+def app(environ, start_response):
+    body = json.dumps({
+        "pid": os.getpid(),
+        "env": {k: os.environ.get(k) for k in ("WEB_CONCURRENCY", "CPU_LIMIT", "PYTHON_CPU_COUNT")},
+        "cpu_count": os.cpu_count(),
+        "python": list(sys.version_info[:2]),
+    }).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+"""
+ASGI_APP = """\
+import json, os, sys
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = json.dumps({
+        "pid": os.getpid(),
+        "env": {k: os.environ.get(k) for k in ("WEB_CONCURRENCY", "CPU_LIMIT", "PYTHON_CPU_COUNT")},
+        "cpu_count": os.cpu_count(),
+        "python": list(sys.version_info[:2]),
+    }).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+# --- the webhook's env, as the kubelet would resolve it ------------------------------------------
+
+
+def mutate(pod: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """The pod as `concurrency-injector mutate -o json` returns it."""
+    source = tmp_path / "pod.json"
+    source.write_bytes(orjson.dumps(pod))
+    done = subprocess.run([*cli_command(), "mutate", "-f", str(source), "-o", "json",
+                           "--no-registry"], env=clean_env(), capture_output=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    mutated: dict[str, Any] = orjson.loads(done.stdout)
+    return mutated
+
+
+def _quantity(value: str) -> Decimal:
+    return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
+
+
+def kubelet_env(pod: dict[str, Any], container_name: str) -> dict[str, str]:
+    """A container's env as the kubelet gives it: `value`s, and limits via `resourceFieldRef`."""
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    env: dict[str, str] = {}
+    for entry in containers[container_name].get("env") or []:
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+            continue
+        ref = entry["valueFrom"]["resourceFieldRef"]
+        owner = containers[ref.get("containerName") or container_name]
+        section, name = ref["resource"].split(".")
+        limit = _quantity(owner["resources"][section][name])
+        env[entry["name"]] = str(math.ceil(limit / _quantity(ref.get("divisor") or "1")))
+    return env
+
+
+# --- running a server -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    app: str
+    pod_command: list[str]
+
+    def command(self, port: int) -> list[str]:
+        if self.name == "gunicorn":
+            return [sys.executable, "-m", "gunicorn", "--bind", f"{LOOPBACK}:{port}", "app:app"]
+        return [sys.executable, "-m", "uvicorn", "app:app", "--host", LOOPBACK, "--port",
+                str(port), "--no-access-log"]
+
+    def workers(self, master: int) -> list[int]:
+        """The worker processes: gunicorn forks them; uvicorn spawns them with multiprocessing
+        (one process serves alone when it runs a single worker)."""
+        found = children(master)
+        if self.name == "uvicorn":
+            found = [pid for pid in found if "spawn_main" in cmdline(pid)]
+            return found or [master]
+        return found
+
+
+GUNICORN = Runtime("gunicorn", WSGI_APP, ["gunicorn", "--bind", "0.0.0.0:8000", "app:app"])
+UVICORN = Runtime("uvicorn", ASGI_APP, ["uvicorn", "app:app", "--host", "0.0.0.0"])
+
+
+def get(port: int, path: str = "/") -> dict[str, Any]:
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
+    try:
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        assert answer.status == 200
+        data: dict[str, Any] = orjson.loads(answer.read())
+        return data
+    finally:
+        conn.close()
+
+
+def answers(port: int) -> bool:
+    try:
+        get(port)
+    except (OSError, http.client.HTTPException, AssertionError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def running(runtime: Runtime, env: dict[str, str], tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """`runtime` serving the tiny app with `env`; yields (master pid, port)."""
+    workdir = tmp_path / runtime.name
+    workdir.mkdir()
+    (workdir / "app.py").write_text(runtime.app)
+    port = free_port()
+    with process_group(runtime.command(port), env=clean_env(**env), cwd=workdir,
+                       log_file=workdir / "server.log") as proc:
+        if not wait_until(lambda: proc.poll() is not None or answers(port),
+                          timeout=START_TIMEOUT, interval=0.1) or proc.poll() is not None:
+            pytest.fail(f"{runtime.name} did not serve; exit code {proc.poll()}")
+        yield proc.pid, port
+
+
+# --- the tests ----------------------------------------------------------------------------------
+
+PODS = [
+    # id, cpu, annotations, the env the container must see
+    ("cpu-3", "3", {}, {"WEB_CONCURRENCY": "3", "CPU_LIMIT": "3", "PYTHON_CPU_COUNT": "3"}),
+    ("cpu-1500m-2-per-cpu", "1500m", {"concurrency-injector.io/workers-per-cpu": "2"},
+     {"WEB_CONCURRENCY": "3", "CPU_LIMIT": "2", "PYTHON_CPU_COUNT": "1"}),
+    ("cpu-500m", "500m", {}, {"WEB_CONCURRENCY": "1", "CPU_LIMIT": "1", "PYTHON_CPU_COUNT": "1"}),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", [GUNICORN, UVICORN], ids=["gunicorn", "uvicorn"])
+@pytest.mark.parametrize(
+    ("cpu", "annotations", "expected"), [p[1:] for p in PODS], ids=[p[0] for p in PODS]
+)
+def test_worker_count_equals_web_concurrency(
+    runtime: Runtime, cpu: str, annotations: dict[str, str], expected: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    pod = gunicorn_pod(cpu=cpu, annotations=annotations, command=runtime.pod_command)
+    env = kubelet_env(mutate(pod, tmp_path), "web")
+    assert env == expected
+    workers = int(env["WEB_CONCURRENCY"])
+
+    with running(runtime, env, tmp_path) as (master, port):
+        assert wait_until(lambda: len(runtime.workers(master)) >= workers, timeout=START_TIMEOUT)
+        time.sleep(0.5)  # a server that starts too many would show them by now
+        pids = runtime.workers(master)
+        assert len(pids) == workers, [cmdline(p) for p in children(master)]
+
+        # Every worker process carries the env; the one that answers sees it too.
+        for pid in pids:
+            assert {k: environ_of(pid).get(k) for k in INJECTED} == expected
+        seen = get(port)
+        assert seen["pid"] in pids
+        assert seen["env"] == expected
+        if tuple(seen["python"]) >= (3, 13):
+            assert seen["cpu_count"] == int(expected["PYTHON_CPU_COUNT"])
+
+
+def python_313() -> str | None:
+    """A Python 3.13+ interpreter on this machine, if any (pyenv keeps several)."""
+    candidates = [sys.executable, *sorted(glob.glob(os.path.expanduser(
+        "~/.pyenv/versions/3.1[3-9]*/bin/python3")))]
+    for path in candidates:
+        done = subprocess.run([path, "-c", "import sys; print(sys.version_info >= (3, 13))"],
+                              capture_output=True, text=True, timeout=30, check=False)
+        if done.stdout.strip() == "True":
+            return path
+    return None
+
+
+@pytest.mark.parametrize(("cpu", "expected"), [("3", 3), ("1500m", 1), ("250m", 1)],
+                         ids=["cpu-3", "cpu-1500m", "cpu-250m"])
+def test_python_313_cpu_count_honours_the_injected_value(
+    cpu: str, expected: int, tmp_path: Path
+) -> None:
+    """The calls a `workers = cpu_count() * 2 + 1` config makes report the limit, not the host."""
+    interpreter = python_313()
+    if interpreter is None:
+        pytest.skip("no Python 3.13+ interpreter here; PYTHON_CPU_COUNT needs one")
+    env = kubelet_env(mutate(gunicorn_pod(cpu=cpu), tmp_path), "web")
+    assert env["PYTHON_CPU_COUNT"] == str(expected)
+    done = subprocess.run(
+        [interpreter, "-c", "import multiprocessing, os; print(os.cpu_count(), "
+         "os.process_cpu_count(), multiprocessing.cpu_count())"],
+        env=clean_env(**env), capture_output=True, text=True, timeout=30, check=True)
+    assert done.stdout.split() == [str(expected)] * 3
