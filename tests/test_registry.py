@@ -290,7 +290,32 @@ async def test_cache_tag_ttl_and_failure_ttl(
         await asyncio.sleep(0.6)
         assert await resolver.resolve([image, missing], timeout=BUDGET) == {
             image: image_config(LABELLED), missing: image_config(CMD_GUNICORN)}
-        assert len(transport.paths("/manifests/")) == 4
+        manifest_requests = sorted((m, p) for m, _, p in transport.requests if "/manifests/" in p)
+        # The moved tag is checked with HEAD, then read; the tag that failed is read again.
+        assert manifest_requests == [
+            ("GET", "/v2/apps/cached/manifests/1"), ("GET", "/v2/apps/cached/manifests/1"),
+            ("GET", "/v2/apps/cached/manifests/later"), ("GET", "/v2/apps/cached/manifests/later"),
+            ("HEAD", "/v2/apps/cached/manifests/1"),
+        ]
+    finally:
+        await resolver.aclose()
+
+
+async def test_unchanged_tag_revalidates_with_head_only(
+    plain_registry: tuple[RegistryServer, Pusher], host: str
+) -> None:
+    _, push = plain_registry
+    push.image("apps/stable", "1", config=CMD_GUNICORN)
+    image = f"{host}/apps/stable:1"
+    transport = CountingTransport()
+    resolver = RegistryResolver(insecure_registries=[host], transport=transport, tag_ttl=0.2)
+    try:
+        assert image in await resolver.resolve([image], timeout=BUDGET)
+        await asyncio.sleep(0.3)
+        del transport.requests[:]
+        assert await resolver.resolve([image], timeout=BUDGET) == {
+            image: image_config(CMD_GUNICORN)}
+        assert transport.requests == [("HEAD", "http", "/v2/apps/stable/manifests/1")]
     finally:
         await resolver.aclose()
 

@@ -223,10 +223,16 @@ class RegistryResolver:
     async def _lookup(self, ref: ImageRef, key: str) -> _Result:
         """One registry round trip for `ref`, stored in the cache; never raises."""
         started = time.monotonic()
+        # A tag seen before whose TTL ran out: a HEAD may show it still names the same manifest.
+        revalidate = ref.digest is None and self._tags.get(key) is not None
         try:
             async with asyncio.timeout(BACKGROUND_BUDGET + CANCEL_GRACE):
                 fetched = await self._client.fetch(
-                    ref, deadline=started + BACKGROUND_BUDGET, known=self._configs.get
+                    ref,
+                    deadline=started + BACKGROUND_BUDGET,
+                    known=self._configs.get,
+                    pinned=lambda digest: self._pinned.get(f"{ref.name}@{digest}"),
+                    revalidate=revalidate,
                 )
             return self._store(ref, key, fetched)
         except LookupFailed as exc:
@@ -248,9 +254,8 @@ class RegistryResolver:
 
     def _store(self, ref: ImageRef, key: str, fetched: Fetched) -> ImageConfig:
         self._configs.put(fetched.config_digest, fetched.config)
-        if ref.digest:
-            self._pinned.put(key, fetched.config_digest)
-        else:
+        self._pinned.put(f"{ref.name}@{fetched.manifest_digest}", fetched.config_digest)
+        if not ref.digest:
             self._tags.put(key, (time.monotonic() + self._tag_ttl, fetched.config_digest))
         self._failures.pop(key)
         return fetched.config

@@ -86,10 +86,11 @@ class Platform:
 
 @dataclass(frozen=True)
 class Fetched:
-    """An image config and the digest of its config blob (its cache key for good)."""
+    """An image config, its config blob digest and the digest of the manifest it came from."""
 
     config: ImageConfig
     config_digest: str
+    manifest_digest: str
 
 
 @dataclass
@@ -104,6 +105,10 @@ class _Host:
 def _scope(ref: ImageRef) -> str:
     """The token scope that lets a client pull `ref`'s repository."""
     return f"repository:{ref.path}:pull"
+
+
+def _content_type(headers: httpx.Headers) -> str:
+    return str(headers.get("content-type", "")).split(";")[0].strip()
 
 
 def _verify_digest(body: bytes, digest: str) -> None:
@@ -199,17 +204,33 @@ class RegistryClient:
         return host
 
     async def fetch(
-        self, ref: ImageRef, *, deadline: float, known: Callable[[str], ImageConfig | None]
+        self,
+        ref: ImageRef,
+        *,
+        deadline: float,
+        known: Callable[[str], ImageConfig | None],
+        pinned: Callable[[str], str | None],
+        revalidate: bool = False,
     ) -> Fetched:
-        """Read `ref`'s config; `known` answers config digests already cached (no blob fetch)."""
-        body, media_type = await self._manifest(ref, ref.reference, deadline=deadline)
+        """Read `ref`'s config, skipping what the cache already holds.
+
+        `known` answers config digests already cached (no blob fetch); `pinned` answers the
+        config digest of a manifest digest of this repository. With `revalidate`, a tag is
+        first checked with HEAD, which registries such as Docker Hub do not rate-limit.
+        """
+        if revalidate and ref.digest is None:
+            found = await self._unchanged(ref, deadline=deadline, known=known, pinned=pinned)
+            if found is not None:
+                return found
+        body, headers = await self._manifest(ref, ref.reference, deadline=deadline)
+        manifest_digest = ref.digest or "sha256:" + hashlib.sha256(body).hexdigest()
         manifest = json.loads(body)
         if not isinstance(manifest, dict):
             raise LookupFailed("error", "manifest is not a JSON object")
-        media_type = str(manifest.get("mediaType") or media_type)
+        media_type = str(manifest.get("mediaType") or _content_type(headers))
         if media_type in INDEX_TYPES or "manifests" in manifest:
-            digest = select_platform(manifest, self._platform)
-            body, _ = await self._manifest(ref, digest, deadline=deadline)
+            body, _ = await self._manifest(ref, select_platform(manifest, self._platform),
+                                           deadline=deadline)
             manifest = json.loads(body)
         config = manifest.get("config") if isinstance(manifest, dict) else None
         if not isinstance(config, dict) or not isinstance(config.get("digest"), str):
@@ -217,31 +238,53 @@ class RegistryClient:
         config_digest = str(config["digest"])
         cached = known(config_digest)
         if cached is not None:
-            return Fetched(cached, config_digest)
-        blob = await self._get(ref, f"blobs/{config_digest}", accept="*/*",
-                               limit=MAX_CONFIG_BYTES, deadline=deadline)
-        _verify_digest(blob[0], config_digest)
-        return Fetched(parse_image_config(blob[0]), config_digest)
+            return Fetched(cached, config_digest, manifest_digest)
+        blob, _ = await self._request(ref, f"blobs/{config_digest}", accept="*/*",
+                                      limit=MAX_CONFIG_BYTES, deadline=deadline)
+        _verify_digest(blob, config_digest)
+        return Fetched(parse_image_config(blob), config_digest, manifest_digest)
+
+    async def _unchanged(
+        self,
+        ref: ImageRef,
+        *,
+        deadline: float,
+        known: Callable[[str], ImageConfig | None],
+        pinned: Callable[[str], str | None],
+    ) -> Fetched | None:
+        """The cached config when a HEAD shows the tag still names a known manifest."""
+        try:
+            _, headers = await self._request(ref, f"manifests/{ref.reference}", method="HEAD",
+                                             accept=ACCEPT_MANIFESTS, limit=0, deadline=deadline)
+        except LookupFailed as exc:
+            if exc.outcome != "error":
+                raise
+            return None  # some registries answer HEAD badly: read the manifest instead
+        digest = headers.get("docker-content-digest", "")
+        config_digest = pinned(digest) if digest else None
+        config = known(config_digest) if config_digest else None
+        return Fetched(config, config_digest, digest) if config and config_digest else None
 
     async def _manifest(self, ref: ImageRef, reference: str, *, deadline: float
-                        ) -> tuple[bytes, str]:
-        body, media_type = await self._get(ref, f"manifests/{reference}", accept=ACCEPT_MANIFESTS,
-                                           limit=MAX_MANIFEST_BYTES, deadline=deadline)
+                        ) -> tuple[bytes, httpx.Headers]:
+        body, headers = await self._request(ref, f"manifests/{reference}",
+                                            accept=ACCEPT_MANIFESTS, limit=MAX_MANIFEST_BYTES,
+                                            deadline=deadline)
         if reference.startswith("sha"):
             _verify_digest(body, reference)
-        return body, media_type
+        return body, headers
 
-    async def _get(self, ref: ImageRef, path: str, *, accept: str, limit: int, deadline: float
-                   ) -> tuple[bytes, str]:
-        """GET `/v2/<repo>/<path>`, answering one auth challenge; returns body and content type."""
+    async def _request(self, ref: ImageRef, path: str, *, method: str = "GET", accept: str,
+                       limit: int, deadline: float) -> tuple[bytes, httpx.Headers]:
+        """`method` `/v2/<repo>/<path>`, answering one auth challenge; returns body and headers."""
         host = self._host(ref)
         for attempt in range(2):
             headers = {"Accept": accept}
             authorization = await self._authorization(ref, host, deadline=deadline)
             if authorization:
                 headers["Authorization"] = authorization
-            status, response_headers, body = await self._send(ref, host, path, headers=headers,
-                                                              limit=limit, deadline=deadline)
+            status, response_headers, body = await self._send(
+                ref, host, path, method=method, headers=headers, limit=limit, deadline=deadline)
             challenge = parse_challenge(response_headers.get("www-authenticate", ""))
             if status == 401 and attempt == 0 and challenge is not None:
                 # First contact, or a token that expired early: answer the challenge once.
@@ -249,23 +292,24 @@ class RegistryClient:
                 host.tokens.pop(_scope(ref), None)
                 continue
             if status == 200:
-                return body, response_headers.get("content-type", "").split(";")[0].strip()
+                return body, response_headers
             outcome = "not_found" if status == 404 else "error"
-            raise LookupFailed(outcome, f"GET {path}: HTTP {status}")
-        raise LookupFailed("error", f"GET {path}: unauthorized")
+            raise LookupFailed(outcome, f"{method} {path}: HTTP {status}")
+        raise LookupFailed("error", f"{method} {path}: unauthorized")
 
     def _client(self, host: str) -> httpx.AsyncClient:
         return self._unverified if host.lower() in self._insecure else self._verified
 
-    async def _send(self, ref: ImageRef, host: _Host, path: str, *, headers: dict[str, str],
-                    limit: int, deadline: float) -> tuple[int, httpx.Headers, bytes]:
-        """One GET, trying HTTPS then plain HTTP for an insecure host whose scheme is unknown."""
+    async def _send(self, ref: ImageRef, host: _Host, path: str, *, method: str,
+                    headers: dict[str, str], limit: int, deadline: float
+                    ) -> tuple[int, httpx.Headers, bytes]:
+        """One request; HTTPS then plain HTTP for an insecure host whose scheme is not known yet."""
         schemes = [host.scheme] if host.scheme else ["https", "http"]
         for scheme in schemes:
             url = f"{scheme}://{ref.host}/v2/{ref.path}/{path}"
             try:
-                result = await self._read(self._client(ref.host), url, headers=headers,
-                                          limit=limit, deadline=deadline)
+                result = await self._read(self._client(ref.host), url, method=method,
+                                          headers=headers, limit=limit, deadline=deadline)
             except (httpx.ConnectError, httpx.RemoteProtocolError):
                 if scheme == schemes[-1]:
                     raise
@@ -274,21 +318,22 @@ class RegistryClient:
             return result
         raise AssertionError("unreachable")
 
-    async def _read(self, client: httpx.AsyncClient, url: str, *, headers: dict[str, str],
-                    limit: int, deadline: float) -> tuple[int, httpx.Headers, bytes]:
-        """GET `url` with a timeout capped by `deadline`, reading at most `limit` bytes."""
+    async def _read(self, client: httpx.AsyncClient, url: str, *, method: str = "GET",
+                    headers: dict[str, str], limit: int, deadline: float
+                    ) -> tuple[int, httpx.Headers, bytes]:
+        """`method` `url` with a timeout capped by `deadline`, reading at most `limit` bytes."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise LookupFailed("timeout", f"no time left for GET {url}")
+            raise LookupFailed("timeout", f"no time left for {method} {url}")
         timeout = httpx.Timeout(min(HTTP_CALL_TIMEOUT, remaining))
-        async with client.stream("GET", url, headers=headers, timeout=timeout) as response:
+        async with client.stream(method, url, headers=headers, timeout=timeout) as response:
             if response.status_code != 200:
                 return response.status_code, response.headers, b""
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > limit:
-                    raise LookupFailed("error", f"GET {url}: larger than {limit} bytes")
+                    raise LookupFailed("error", f"{method} {url}: larger than {limit} bytes")
                 chunks.append(chunk)
             return response.status_code, response.headers, b"".join(chunks)
 
