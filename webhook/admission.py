@@ -6,7 +6,6 @@ the serving layer); anything else raised while deciding is ours and fails open (
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -113,7 +112,7 @@ def respond(uid: str, decision: Decision) -> AdmissionResponse:
     response = allow(uid, warnings=decision.warnings)
     if decision.patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(orjson.dumps(decision.patch)).decode()
+        response["patch"] = decision.encoded_patch
     audit: dict[str, str] = {}
     if decision.injected:
         audit["injected"] = ",".join(

@@ -30,6 +30,7 @@ from webhook.admission import (
     respond,
     review_of,
 )
+from webhook.cache import DecisionCache
 from webhook.config import Settings
 from webhook.detection import images_to_resolve
 from webhook.mutation import Decision, configmaps_to_read, decide
@@ -83,6 +84,7 @@ class Webhook:
         self.settings = settings
         self.resolver = resolver
         self.env_reader = env_reader
+        self.cache = DecisionCache(settings.decision_cache_size)
         self.api = build_api(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -98,17 +100,17 @@ class Webhook:
             review = parse_review(body)
         except (HTTPError, ReviewError) as exc:
             status = exc.status if isinstance(exc, HTTPError) else 400
-            metrics.REQUESTS.labels("invalid").inc()
+            metrics.child(metrics.REQUESTS, "invalid").inc()
             log.info("rejected review", extra={"status": status, "error": str(exc)})
             await _send(send, status, {"error": str(exc)})
             return
         try:
             response, outcome = await self.admit(review, scope.get("query_string", b""))
         except ReviewError as exc:
-            metrics.REQUESTS.labels("invalid").inc()
+            metrics.child(metrics.REQUESTS, "invalid").inc()
             await _send(send, 400, {"error": str(exc)})
             return
-        metrics.REQUESTS.labels(outcome).inc()
+        metrics.child(metrics.REQUESTS, outcome).inc()
         metrics.LATENCY.observe(time.perf_counter() - started)
         await _send(send, 200, review_of(response))
 
@@ -122,7 +124,12 @@ class Webhook:
         namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or ""
         try:
             images, configmaps = await self._lookups(pod, namespace, query)
-            decision = decide(pod, self.settings, images=images, configmaps=configmaps)
+            decision = self.cache.get_or_decide(
+                pod,
+                images,
+                configmaps,
+                lambda: decide(pod, self.settings, images=images, configmaps=configmaps),
+            )
             response = respond(uid, decision)
         except Exception:
             # Fail open, by decision: never block pod creation on our bug (failurePolicy: Ignore).
@@ -201,13 +208,13 @@ def _record(decision: Decision, pod: str, mode: str) -> str:
     """Metrics and the one log line per mutation; returns the request outcome."""
     for c in decision.containers:
         if c.set:
-            metrics.INJECTIONS.labels(
-                c.runtime, c.source, "audit" if decision.audit else "enforce"
+            metrics.child(
+                metrics.INJECTIONS, c.runtime, c.source, "audit" if decision.audit else "enforce"
             ).inc()
         elif c.skipped:
-            metrics.SKIPS.labels("container-no-cpu-limit").inc()
+            metrics.child(metrics.SKIPS, "container-no-cpu-limit").inc()
     if decision.reason:
-        metrics.SKIPS.labels(decision.reason).inc()
+        metrics.child(metrics.SKIPS, decision.reason).inc()
     metrics.WARNINGS.inc(len(decision.warnings))
     outcome = (
         "audit"
@@ -221,7 +228,7 @@ def _record(decision: Decision, pod: str, mode: str) -> str:
                 "pod": pod,
                 "outcome": outcome,
                 "reason": decision.reason,
-                "containers": {c.name: c.status() for c in decision.containers},
+                "containers": decision.status,
                 "warnings": decision.warnings,
             },
         )

@@ -62,6 +62,7 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8443
     max_body_bytes: int = 4 * 1024 * 1024
+    decision_cache_size: int = 4096
     cert_reload_seconds: float = 10.0
     log_level: str = "info"
     log_format: LogFormat = "auto"
@@ -199,6 +200,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "read_configmaps": _bool,
     "port": _port,
     "max_body_bytes": _positive_int,
+    "decision_cache_size": int,
     "cert_reload_seconds": _seconds,
     "log_level": _choice(LOG_LEVELS),
     "log_format": _choice(LOG_FORMATS),

@@ -51,6 +51,12 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
         fmt = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    # Not recorded by the formatters; skipping them keeps a log line cheap on the admission path
+    # (the "Optimization" section of the logging documentation).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import cache
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 NS = "concurrency_injector"
@@ -37,3 +40,9 @@ CERT_RELOADS = Counter(
     "Serving certificate reloads from disk, by result.",
     ["result"],
 )
+
+
+@cache
+def child(metric: Any, *labels: str) -> Any:
+    """A labelled child, looked up once: `labels()` takes a lock and builds a key each call."""
+    return metric.labels(*labels)

@@ -1,14 +1,17 @@
 """Decide and apply: which env a pod's targets get, as a JSON Patch derived by diff. Pure.
 
-The pod is never edited in place: the parts the webhook may change (annotations and container
-lists) are deep-copied, changed, and `jsonpatch.make_patch` derives the patch from the two.
+The pod is never edited in place: the parts the webhook may change (the annotations, and the
+`env` and `resizePolicy` of target containers, at their indexes) are copied, changed, and
+`jsonpatch.make_patch` derives the patch from the two. Diffing only those parts keeps the
+admission path fast: a whole Pod is dozens of nested objects the webhook never touches.
 """
 
 from __future__ import annotations
 
-import copy
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import jsonpatch
@@ -16,7 +19,7 @@ import orjson
 
 from webhook import keys
 from webhook.config import Settings
-from webhook.detection import Source, Target, select_targets
+from webhook.detection import Source, Target, containers_of, select_targets
 from webhook.policy import (
     WorkerPolicy,
     cpu_limit,
@@ -32,6 +35,7 @@ from webhook.types import ImageConfig, Obj, Runtime
 MAX_WARNING = 120
 CPU_LIMIT_MARK = "limits.cpu"  # how the status annotation records the downward-API CPU_LIMIT
 RESIZE_POLICY = {"resourceName": "cpu", "restartPolicy": "RestartContainer"}
+MUTABLE_FIELDS = ("env", "resizePolicy")  # all the webhook ever changes in a container
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,17 @@ class Decision:
     def injected(self) -> list[ContainerResult]:
         return [c for c in self.containers if c.set]
 
+    # Cached: a decision may answer many identical reviews (see webhook/cache.py).
+    @cached_property
+    def status(self) -> dict[str, Obj]:
+        """Per container, what was set and why (the status annotation's content, for logs)."""
+        return {c.name: c.status() for c in self.containers}
+
+    @cached_property
+    def encoded_patch(self) -> str:
+        """The patch as the AdmissionResponse carries it: base64 of its JSON."""
+        return base64.b64encode(orjson.dumps(self.patch)).decode() if self.patch else ""
+
 
 def configmaps_to_read(pod: Obj) -> list[str]:
     """ConfigMaps named by any container's envFrom (the only ones that could hide a user value)."""
@@ -104,9 +119,10 @@ def decide(
 
     policy, more = pod_policy(settings, annotations)
     warnings += more
-    before = _projection(pod)
-    after = copy.deepcopy(before)
-    by_name = {c.get("name"): c for c in _containers(after)}
+    before = _projection(pod, {t.name for t in targets})
+    after = orjson.loads(orjson.dumps(before))  # a deep copy; JSON data copies fastest this way
+    writable = dict(zip(_names(pod), _containers(after), strict=True))
+    originals = {c.get("name"): c for c, _ in containers_of(pod)}
     env_context = _EnvContext(
         previous=_previous_status(annotations),
         override=str(annotations.get(keys.OVERRIDE, "")).strip().lower() == "true",
@@ -114,8 +130,10 @@ def decide(
     )
     results = []
     for target in targets:
-        container = by_name[target.name]
-        result, found = _apply(pod, container, target, policy, settings, env_context)
+        container = originals[target.name]
+        result, found = _apply(
+            pod, container, writable[target.name], target, policy, settings, env_context
+        )
         results.append(result)
         warnings += found
         image = images.get(container.get("image", ""))
@@ -160,21 +178,37 @@ class _EnvContext:
     configmaps: Mapping[str, frozenset[str]]
 
 
-def _projection(pod: Obj) -> Obj:
-    """The parts of the pod the webhook may change, mirroring which keys exist."""
+def _projection(pod: Obj, targets: set[str]) -> Obj:
+    """The parts of the pod the webhook may change, at the same paths, mirroring which keys exist.
+
+    Each target container is cut to its `env` and `resizePolicy`, every other container to `{}`
+    (kept, so that indexes in the patch are the pod's).
+    """
     spec = pod.get("spec") or {}
-    projected: Obj = {"metadata": {}, "spec": {"containers": spec.get("containers") or []}}
+
+    def cut(containers: list[Obj]) -> list[Obj]:
+        return [
+            {k: c[k] for k in MUTABLE_FIELDS if k in c} if c.get("name") in targets else {}
+            for c in containers
+        ]
+
+    projected: Obj = {"metadata": {}, "spec": {"containers": cut(spec.get("containers") or [])}}
     metadata = pod.get("metadata") or {}
     if "annotations" in metadata:
         projected["metadata"]["annotations"] = metadata["annotations"]
     if "initContainers" in spec:
-        projected["spec"]["initContainers"] = spec["initContainers"]
+        projected["spec"]["initContainers"] = cut(spec["initContainers"] or [])
     return projected
 
 
 def _containers(projection: Obj) -> list[Obj]:
     spec = projection["spec"]
     return [*(spec.get("initContainers") or []), *spec["containers"]]
+
+
+def _names(pod: Obj) -> list[Any]:
+    spec = pod.get("spec") or {}
+    return [c.get("name") for c in [*(spec.get("initContainers") or []), *spec["containers"]]]
 
 
 def _previous_status(annotations: Mapping[str, Any]) -> Mapping[str, Obj]:
@@ -211,15 +245,16 @@ def _entry(name: str, value: str, container_name: str) -> Obj:
 def _apply(
     pod: Obj,
     container: Obj,
+    writable: Obj,
     target: Target,
     policy: WorkerPolicy,
     settings: Settings,
     ctx: _EnvContext,
 ) -> tuple[ContainerResult, list[str]]:
-    """Set the env of one target container in the (copied) projection."""
+    """Decide from the original `container`; write env and resizePolicy into its `writable` copy."""
     cpu, why = cpu_limit(pod, container)
     if cpu is None:
-        _remove_own(container, target.name, ctx)
+        _remove_own(writable, target.name, ctx)
         return ContainerResult(target.name, target.runtime, target.source, skipped=why), [why or ""]
     warnings = []
     workers = worker_count(cpu.value, policy, memory=memory_limit(container))
@@ -235,7 +270,7 @@ def _apply(
         desired[keys.PYTHON_CPU_COUNT] = str(python_cpu_count(cpu.value))
 
     ours = (ctx.previous.get(target.name) or {}).get("set") or {}
-    env: list[Obj] = container.setdefault("env", [])
+    env: list[Obj] = writable.setdefault("env", [])
     applied: dict[str, str] = {}
     kept: list[str] = []
     unread: dict[str, list[str]] = {}  # envFrom source that could not be read -> names skipped
@@ -262,11 +297,11 @@ def _apply(
             env[index] = entry
         applied[name] = desired[name]
     if not env:
-        del container["env"]
+        del writable["env"]
     for source, names in unread.items():
         warnings.append(f"{target.name!r}: {source} not read; {', '.join(names)} not set")
     if settings.resize_restart and not target.init and keys.WEB_CONCURRENCY in applied:
-        _add_resize_policy(container)
+        _add_resize_policy(writable)
     result = ContainerResult(
         target.name,
         target.runtime,

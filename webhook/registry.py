@@ -175,7 +175,8 @@ class RegistryResolver:
             # asyncio.wait never cancels: a lookup past the deadline goes on to fill the cache.
             await asyncio.wait(set(waiting.values()), timeout=max(0.0, deadline - loop.time()))
         for image, task in waiting.items():
-            result = task.result() if task.done() else _Failure("timeout")
+            done = task.done() and not task.cancelled()
+            result = task.result() if done else _Failure("timeout")
             if isinstance(result, _Failure):
                 LOOKUPS.labels(result.outcome).inc()
             else:
@@ -236,13 +237,14 @@ class RegistryResolver:
                 )
             return self._store(ref, key, fetched)
         except LookupFailed as exc:
-            log.debug("registry: %s: %s", ref, exc)
+            log.log(logging.WARNING if exc.outcome == "error" else logging.DEBUG,
+                    "registry: %s: %s", ref, exc)
             return self._fail(key, exc.outcome)
         except (TimeoutError, httpx.TimeoutException):
-            log.debug("registry: %s: timed out", ref)
+            log.info("registry: %s: no answer within %.0f s", ref, BACKGROUND_BUDGET)
             return self._fail(key, "timeout")
         except httpx.HTTPError as exc:
-            log.debug("registry: %s: %s", ref, exc)
+            log.warning("registry: %s: %s: %s", ref, type(exc).__name__, exc)
             return self._fail(key, "error")
         except Exception:
             # Fail-open: an unexpected failure must not reach an admission.

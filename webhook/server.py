@@ -93,7 +93,7 @@ def prepare_self_managed(settings: Settings) -> None:
 
     target = selfmanaged.Target.from_settings(settings)
     core, admission = selfmanaged.in_cluster_apis()
-    selfmanaged.ensure_certificates(core, admission, target)
+    selfmanaged.ensure_certificates(core, admission, target=target)
 
 
 EXAMPLE_REVIEW = {

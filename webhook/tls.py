@@ -70,6 +70,9 @@ class ReloadingContext:
             current = _fingerprint(self.cert_file, self.key_file)
             if current == self.loaded:
                 return False
+            # Prove the pair on a scratch context first: a failed load_cert_chain can leave the
+            # live context holding the new certificate with the old key, breaking handshakes.
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert_file, self.key_file)
             self.context.load_cert_chain(self.cert_file, self.key_file)
         except (OSError, ssl.SSLError) as exc:
             CERT_RELOADS.labels("error").inc()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from webhook.config import Settings
 from webhook.types import EnvSourceReader
 
+if TYPE_CHECKING:
+    from webhook.registry import RegistryResolver
 
-def resolver(settings: Settings) -> Any:
+
+def resolver(settings: Settings) -> RegistryResolver | None:
     """The registry client, or None when registry lookups are off."""
     if settings.no_registry:
         return None
@@ -28,4 +31,4 @@ def env_reader(settings: Settings) -> EnvSourceReader | None:
         return None
     from webhook.kube import ConfigMapReader
 
-    return ConfigMapReader.in_cluster()  # type: ignore[no-any-return]
+    return ConfigMapReader.in_cluster()
