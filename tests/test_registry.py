@@ -193,8 +193,14 @@ async def test_token_auth_flow(
     public, private = f"{server.host}/public/app:1", f"{server.host}/private/app:1"
     anonymous = RegistryResolver(insecure_registries=[server.host])
     config_path = docker_config(tmp_path / "config.json", server.host)
-    authed = RegistryResolver(insecure_registries=[server.host], docker_config=config_path)
+    issuer_host = f"127.0.0.1:{issuer.port}"
+    # Credentials go to a plain-HTTP token realm only when it is named insecure too.
+    careful = RegistryResolver(insecure_registries=[server.host], docker_config=config_path)
+    authed = RegistryResolver(insecure_registries=[server.host, issuer_host],
+                              docker_config=config_path)
     try:
+        assert await careful.resolve([private], timeout=BUDGET) == {}
+        assert issuer.requests[-1]["authorization"] == ""
         issuer.requests.clear()
         found = await anonymous.resolve([public, private], timeout=BUDGET)
         assert found == {public: image_config(CMD_GUNICORN)}
@@ -213,8 +219,8 @@ async def test_token_auth_flow(
             pinned: image_config(UNLABELLED)}
         assert len(issuer.requests) == 1
     finally:
-        await anonymous.aclose()
-        await authed.aclose()
+        for resolver in (anonymous, careful, authed):
+            await resolver.aclose()
 
 
 async def test_unresponsive_registry_returns_within_budget(

@@ -365,10 +365,13 @@ class RegistryClient:
         if "service" in challenge.params:
             params["service"] = challenge.params["service"]
         headers = {"Accept": "application/json"}
-        if credentials is not None:
+        realm_url = httpx.URL(realm)
+        realm_host = realm_url.netloc.decode("ascii")
+        # Credentials travel in clear only to a realm named with --insecure-registry.
+        if credentials is not None and (realm_url.scheme == "https"
+                                        or realm_host.lower() in self._insecure):
             headers["Authorization"] = credentials.basic()
-        url = str(httpx.URL(realm).copy_merge_params(params))
-        realm_host = httpx.URL(realm).netloc.decode("ascii")
+        url = str(realm_url.copy_merge_params(params))
         status, _, body = await self._read(self._client(realm_host), url, headers=headers,
                                            limit=MAX_MANIFEST_BYTES, deadline=deadline)
         if status != 200:
