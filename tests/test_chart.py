@@ -99,9 +99,14 @@ VALUE_SETS = {
 }
 
 
-def test_lint_strict(tools: Path) -> None:
-    run = helm(tools, "lint", "--strict", str(CHART))
+@pytest.mark.parametrize("sets", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_lint_strict(tools: Path, sets: tuple[str, ...]) -> None:
+    args = ["lint", "--strict", str(CHART)]
+    for s in sets:
+        args += ["--set", s]
+    run = helm(tools, *args)
     assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in run.stdout
 
 
 @pytest.mark.parametrize("kube_version", ["1.29.0", "1.31.0"], ids=["k8s-1.29", "k8s-1.31"])
