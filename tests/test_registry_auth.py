@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from webhook.registry import RegistryResolver
 from webhook.registry_auth import (
     Challenge,
     Credentials,
+    CredentialStore,
     parse_challenge,
     parse_docker_config,
     registry_key,
@@ -224,3 +227,17 @@ async def test_docker_hub_addressing_with_a_fake_transport() -> None:
         f"GET {hub_v2}/manifests/{manifest_digest}",
         f"GET {hub_v2}/blobs/{config_digest}",
     ]
+
+
+def test_credential_store_reloads_a_changed_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"auths": {"r.io": {"auth": b64("old:1")}}}))
+    store = CredentialStore(str(path), reload_interval=0.0)
+    assert store.get("r.io") == Credentials("old", "1")
+    path.write_text(json.dumps({"auths": {"r.io": {"auth": b64("new:2")}}}))
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    assert store.get("r.io") == Credentials("new", "2")
+    path.write_text("{broken")
+    os.utime(path, (time.time() + 10, time.time() + 10))
+    assert store.get("r.io") == Credentials("new", "2")  # a bad reload keeps what was loaded
+    assert CredentialStore(None).get("r.io") is None

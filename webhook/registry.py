@@ -23,7 +23,7 @@ import httpx
 from prometheus_client import Counter, Histogram
 
 from webhook.imageref import ImageRef, InvalidReference, parse
-from webhook.registry_auth import Credentials, parse_docker_config
+from webhook.registry_auth import CredentialStore
 from webhook.registry_fetch import Fetched, LookupFailed, Platform, RegistryClient
 from webhook.types import ImageConfig
 
@@ -104,16 +104,6 @@ def _cache_key(ref: ImageRef) -> str:
     return f"{ref.name}@{ref.digest}" if ref.digest else f"{ref.name}:{ref.tag}"
 
 
-def _load_credentials(path: str | None) -> dict[str, Credentials]:
-    if path is None:
-        return {}
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return parse_docker_config(handle.read())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"docker config {path!r}: {exc}") from exc
-
-
 class RegistryResolver:
     """Resolves image references to their configs, cached and de-duplicated (an ImageResolver)."""
 
@@ -132,7 +122,7 @@ class RegistryResolver:
         self._client = RegistryClient(
             insecure_registries=insecure_registries,
             platform=Platform.parse(platform),
-            credentials=_load_credentials(docker_config),
+            credentials=CredentialStore(docker_config),
             ca_file=ca_file,
             transport=transport,
         )

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import os
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from webhook.imageref import DOCKER_HUB, DOCKER_HUB_ALIASES
+
+log = logging.getLogger(__name__)
+
+# A mounted Secret changes in place; its file is looked at no more often than this.
+RELOAD_INTERVAL = 10.0
 
 # `auth-param = token "=" ( token / quoted-string )`, RFC 7235.
 _AUTH_PARAM = re.compile(r'([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
@@ -104,3 +112,42 @@ def parse_challenge(header: str) -> Challenge | None:
         value = quoted if quoted is not None else bare
         params[name.lower()] = re.sub(r"\\(.)", r"\1", value)
     return Challenge(scheme.lower(), params)
+
+
+class CredentialStore:
+    """Credentials from one Docker `config.json`, reloaded when the file changes.
+
+    The first load happens at construction and fails loudly (a start-up error); a later
+    reload that fails keeps the credentials already loaded, with a warning.
+    """
+
+    def __init__(self, path: str | None, *, reload_interval: float = RELOAD_INTERVAL) -> None:
+        self._path = path
+        self._interval = reload_interval
+        self._checked = time.monotonic()
+        self._mtime: float | None = None
+        self._credentials: dict[str, Credentials] = {}
+        if path is not None:
+            try:
+                self._load(path)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"docker config {path!r}: {exc}") from exc
+
+    def _load(self, path: str) -> None:
+        mtime = os.stat(path).st_mtime
+        with open(path, encoding="utf-8") as handle:
+            self._credentials = parse_docker_config(handle.read())
+        self._mtime = mtime
+
+    def get(self, domain: str) -> Credentials | None:
+        """The credentials for an image's registry domain, if the config has any."""
+        now = time.monotonic()
+        if self._path is not None and now - self._checked >= self._interval:
+            self._checked = now
+            try:
+                if os.stat(self._path).st_mtime != self._mtime:
+                    self._load(self._path)
+            except (OSError, ValueError) as exc:
+                log.warning("docker config %r: %s; keeping the credentials loaded before",
+                            self._path, exc)
+        return self._credentials.get(registry_key(domain))

@@ -20,7 +20,7 @@ import certifi
 import httpx
 
 from webhook.imageref import ImageRef
-from webhook.registry_auth import Challenge, Credentials, parse_challenge, registry_key
+from webhook.registry_auth import Challenge, Credentials, CredentialStore, parse_challenge
 from webhook.types import ImageConfig
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class RegistryClient:
         *,
         insecure_registries: Iterable[str],
         platform: Platform,
-        credentials: dict[str, Credentials],
+        credentials: CredentialStore,
         ca_file: str | None,
         transport: httpx.AsyncBaseTransport | None,
     ) -> None:
@@ -340,7 +340,7 @@ class RegistryClient:
     async def _authorization(self, ref: ImageRef, host: _Host, *, deadline: float) -> str | None:
         """The Authorization header the host's last challenge calls for, if any."""
         challenge = host.challenge
-        credentials = self._credentials.get(registry_key(ref.domain))
+        credentials = self._credentials.get(ref.domain)
         if challenge is None:
             return None
         if challenge.scheme == "basic":
