@@ -162,6 +162,21 @@ def test_pod_security_is_restricted(tools: Path) -> None:
         "concurrency-injector.io/enabled"] == "false"
 
 
+def test_selectors_match_the_webhook_pods(tools: Path) -> None:
+    docs = render(tools, "networkPolicy.enabled=true")
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    selectors = [
+        one(docs, "Deployment")["spec"]["selector"]["matchLabels"],
+        one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        one(docs, "Service")["spec"]["selector"],
+        one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
+    ]
+    for selector in selectors:
+        assert selector == {"app.kubernetes.io/name": "concurrency-injector",
+                            "app.kubernetes.io/instance": RELEASE}
+        assert selector.items() <= pod_labels.items()
+
+
 def test_deployment_availability(tools: Path) -> None:
     docs = render(tools, "priorityClassName=system-cluster-critical")
     deployment = one(docs, "Deployment")
