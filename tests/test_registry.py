@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import REGISTRY
 
@@ -266,6 +268,35 @@ async def test_concurrent_admissions_share_one_lookup(
         assert len(transport.attempts) == 3
         print(f"\n100 concurrent admissions -> {len(transport.requests)} registry requests "
               f"({len(transport.attempts)} attempts incl. the scheme probe)")
+    finally:
+        await resolver.aclose()
+
+
+async def test_concurrent_admissions_share_one_lookup_over_tls_and_token_auth(
+    tls_registry: tuple[RegistryServer, Pusher, Path],
+    token_registry: tuple[RegistryServer, Pusher, TokenIssuer],
+) -> None:
+    tls_server, tls_push, ca_file = tls_registry
+    token_server, token_push, issuer = token_registry
+    tls_image = f"{tls_server.host}/apps/scaled:1"
+    token_image = f"{token_server.host}/public/scaled:1"
+    tls_pushed = tls_push.image("apps/scaled", "1", config=CMD_GUNICORN)
+    token_pushed = token_push.image("public/scaled", "1", config=CMD_GUNICORN)
+    transport = CountingTransport(httpx.AsyncHTTPTransport(
+        verify=ssl.create_default_context(cafile=str(ca_file))))
+    resolver = RegistryResolver(insecure_registries=[token_server.host], transport=transport)
+    issuer.requests.clear()
+    try:
+        results = await asyncio.gather(*(
+            resolver.resolve([tls_image, token_image], timeout=BUDGET) for _ in range(100)))
+        assert all(len(r) == 2 for r in results)
+        assert transport.paths("apps/scaled") == [
+            "/v2/apps/scaled/manifests/1", f"/v2/apps/scaled/blobs/{tls_pushed.config_digest}"]
+        # Token auth: one challenge (401), one token, then the manifest and the blob.
+        assert transport.paths("public/scaled") == [
+            "/v2/public/scaled/manifests/1", "/v2/public/scaled/manifests/1",
+            f"/v2/public/scaled/blobs/{token_pushed.config_digest}"]
+        assert len(issuer.requests) == 1
     finally:
         await resolver.aclose()
 
