@@ -33,6 +33,7 @@ from webhook.certs import build_ca, build_leaf
 
 @pytest.fixture(scope="module")
 def registry_bin() -> str:
+    """The `docker-registry` binary, or a skip with the reason."""
     binary = registry_binary()
     if binary is None:
         pytest.skip("docker-registry is not on PATH and hack/install-registry.sh could not "
@@ -43,6 +44,7 @@ def registry_bin() -> str:
 @pytest.fixture(scope="module")
 def plain_registry(registry_bin: str, tmp_path_factory: pytest.TempPathFactory
                    ) -> Iterator[tuple[RegistryServer, Pusher]]:
+    """A plain-HTTP registry with no auth, and a pusher for it."""
     server = RegistryServer(tmp_path_factory.mktemp("plain"), registry_bin)
     server.start()
     pusher = Pusher(server.url)
@@ -54,6 +56,7 @@ def plain_registry(registry_bin: str, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def basic_registry(registry_bin: str, tmp_path_factory: pytest.TempPathFactory
                    ) -> Iterator[tuple[RegistryServer, Pusher]]:
+    """A registry behind htpasswd basic auth (bcrypt), and a pusher with its credentials."""
     htpasswd = shutil.which("htpasswd")
     if htpasswd is None:
         pytest.skip("htpasswd (apache2-utils) is missing; run hack/install-registry.sh")
@@ -74,6 +77,7 @@ def basic_registry(registry_bin: str, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def tls_registry(registry_bin: str, tmp_path_factory: pytest.TempPathFactory
                  ) -> Iterator[tuple[RegistryServer, Pusher, Path]]:
+    """A registry serving TLS with a certificate from a test CA; yields the CA file too."""
     workdir = tmp_path_factory.mktemp("tls")
     ca = build_ca("registry-test-ca")
     leaf = build_leaf(ca, ["localhost", "127.0.0.1"])
@@ -92,6 +96,7 @@ def tls_registry(registry_bin: str, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def token_registry(registry_bin: str, tmp_path_factory: pytest.TempPathFactory
                    ) -> Iterator[tuple[RegistryServer, Pusher, TokenIssuer]]:
+    """A registry with token auth, its token issuer, and a pusher with push tokens."""
     workdir = tmp_path_factory.mktemp("token")
     signer = build_ca("registry-token-signer")
     bundle = workdir / "token-signer.pem"

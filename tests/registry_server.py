@@ -101,6 +101,7 @@ class RegistryServer:
         return f"{'https' if self.tls else 'http'}://{self.host}"
 
     def config(self) -> dict[str, Any]:
+        """The registry's configuration file, as data."""
         http: dict[str, Any] = {"addr": self.host, "secret": uuid.uuid4().hex}
         if self.tls:
             http["tls"] = {"certificate": str(self.tls[0]), "key": str(self.tls[1])}
@@ -141,6 +142,7 @@ class RegistryServer:
         raise RuntimeError(f"docker-registry did not start: {self.log_tail()}")
 
     def stop(self) -> None:
+        """Stop the registry: TERM, then KILL if it does not exit in time."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -200,6 +202,7 @@ class Pusher:
         return digest
 
     def manifest(self, repo: str, reference: str, body: bytes, media_type: str) -> str:
+        """PUT a manifest under a tag or digest; returns its digest."""
         headers = {**self._headers_for(repo), "Content-Type": media_type}
         answer = self._client.put(f"{self._base}/v2/{repo}/manifests/{reference}",
                                   content=body, headers=headers)
@@ -337,6 +340,7 @@ class CountingTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
     def paths(self, fragment: str) -> list[str]:
+        """Paths of answered requests that contain `fragment`."""
         return [path for _, _, path in self.requests if fragment in path]
 
 

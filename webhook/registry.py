@@ -245,6 +245,7 @@ class RegistryResolver:
             self._in_flight.pop(key, None)
 
     def _store(self, ref: ImageRef, key: str, fetched: Fetched) -> ImageConfig:
+        """Cache a config by its digest, and the manifest and tag that lead to it."""
         self._configs.put(fetched.config_digest, fetched.config)
         self._pinned.put(f"{ref.name}@{fetched.manifest_digest}", fetched.config_digest)
         if not ref.digest:
@@ -253,6 +254,7 @@ class RegistryResolver:
         return fetched.config
 
     def _fail(self, key: str, outcome: str) -> _Failure:
+        """Cache a failure briefly, so a broken image does not cost a round trip per admission."""
         failure = _Failure(outcome)
         self._failures.put(key, (time.monotonic() + self._failure_ttl, failure))
         return failure

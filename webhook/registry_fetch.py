@@ -67,6 +67,7 @@ class Platform:
 
     @classmethod
     def parse(cls, text: str) -> Platform:
+        """Parse `os/arch[/variant]` as the --platform flag spells it."""
         parts = text.strip().lower().split("/")
         if len(parts) not in (2, 3) or not all(parts):
             raise ValueError(f"platform {text!r} is not os/arch or os/arch/variant")
@@ -74,6 +75,7 @@ class Platform:
 
     @classmethod
     def of(cls, os: str, architecture: str, variant: str = "") -> Platform:
+        """A normalised platform from an index entry's fields."""
         arch = _ARCH_ALIASES.get(architecture, architecture)
         variant = variant or _DEFAULT_VARIANT.get(arch, "")
         if arch in _DEFAULT_VARIANT and not variant.startswith("v"):
@@ -112,6 +114,7 @@ def _content_type(headers: httpx.Headers) -> str:
 
 
 def _verify_digest(body: bytes, digest: str) -> None:
+    """Refuse content that does not hash to the digest it was asked for."""
     algorithm, _, expected = digest.partition(":")
     if algorithm not in ("sha256", "sha512"):
         return  # nothing to check it with; the registry is trusted for it
@@ -120,6 +123,7 @@ def _verify_digest(body: bytes, digest: str) -> None:
 
 
 def _strings(value: Any, what: str) -> list[str] | None:
+    """A config field that must be null or a list of strings (Entrypoint, Cmd, Env)."""
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
