@@ -183,5 +183,7 @@ def dns_names(cert: x509.Certificate) -> set[str]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return set()
-    return {*san.get_values_for_type(x509.DNSName),
-            *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))}
+    return {
+        *san.get_values_for_type(x509.DNSName),
+        *(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
+    }
