@@ -60,8 +60,11 @@ def registry_binary() -> str | None:
     """The path of `docker-registry`, installing it (as root) when it is missing."""
     found = shutil.which(REGISTRY_BINARY)
     if found is None and os.geteuid() == 0 and INSTALL_SCRIPT.exists():
-        subprocess.run(["bash", str(INSTALL_SCRIPT)], check=False, capture_output=True,
-                       timeout=600)
+        try:
+            subprocess.run(["bash", str(INSTALL_SCRIPT)], check=False, capture_output=True,
+                           timeout=600)
+        except (OSError, subprocess.SubprocessError):
+            return None
         found = shutil.which(REGISTRY_BINARY)
     return found
 
