@@ -13,8 +13,10 @@ import glob
 import http.client
 import math
 import os
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -151,12 +153,18 @@ def get(port: int, path: str = "/") -> dict[str, Any]:
         conn.close()
 
 
-def answers(port: int) -> bool:
+def answers(port: int, body: bytes | None = None) -> bool:
+    """The server at `port` answers GET / with 200 (and `body`, when given)."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
     try:
-        get(port)
-    except (OSError, http.client.HTTPException, AssertionError):
+        conn.request("GET", "/")
+        answer = conn.getresponse()
+        data = answer.read()
+    except (OSError, http.client.HTTPException):
         return False
-    return True
+    finally:
+        conn.close()
+    return answer.status == 200 and (body is None or data == body)
 
 
 @contextlib.contextmanager
@@ -243,3 +251,147 @@ def test_python_313_cpu_count_honours_the_injected_value(
          "os.process_cpu_count(), multiprocessing.cpu_count())"],
         env=clean_env(**env), capture_output=True, text=True, timeout=30, check=True)
     assert done.stdout.split() == [str(expected)] * 3
+
+
+# --- what the count is for: CPU throttling under a 1-CPU CFS quota ---------------------------------
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+CFS_PERIOD_US = 100_000
+LOAD_SECONDS = 3.0
+LOAD_CLIENTS = 8
+# Each request burns about 10 ms of CPU, like a view that renders a template.
+BUSY_WSGI_APP = """\
+import time
+
+def app(environ, start_response):
+    end = time.thread_time() + 0.010
+    while time.thread_time() < end:
+        pass
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+"""
+# Joins the cgroup, then becomes the server (same pid, so the process group stays the server's).
+JOIN_CGROUP = 'echo $$ > "$CGROUP/cgroup.procs" && exec "$@"'
+
+
+@contextlib.contextmanager
+def cpu_cgroup(name: str, cpus: int) -> Iterator[Path]:
+    """A cgroup v1 `cpu` group with a CFS quota of `cpus` (as the kubelet sets a CPU limit)."""
+    if not os.access(CGROUP_CPU / "cgroup.procs", os.W_OK):
+        pytest.skip(f"{CGROUP_CPU} (cgroup v1 cpu controller) is not writable here")
+    group = CGROUP_CPU / f"concurrency-injector-test-{os.getpid()}-{name}"
+    group.mkdir()
+    try:
+        (group / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(cpus * CFS_PERIOD_US))
+        yield group
+    finally:
+        # The processes are gone once their group was killed; rmdir fails while any remain.
+        wait_until(lambda: not (group / "cgroup.procs").read_text().strip(), timeout=10)
+        group.rmdir()
+
+
+def cpu_stat(group: Path) -> dict[str, int]:
+    pairs = (line.split() for line in (group / "cpu.stat").read_text().splitlines())
+    return {key: int(value) for key, value in pairs}
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    requests: int
+    failures: int
+    p50_ms: float
+    p99_ms: float
+    periods: int
+    throttled: int
+    throttled_ms: float
+
+    def __str__(self) -> str:
+        return (f"{self.requests} requests ({self.failures} failed), p50 {self.p50_ms:.0f} ms, "
+                f"p99 {self.p99_ms:.0f} ms; throttled in {self.throttled} of {self.periods} "
+                f"periods, {self.throttled_ms:.0f} ms in all")
+
+
+def busy_load(port: int, group: Path) -> LoadResult:
+    """LOAD_CLIENTS clients sending requests for LOAD_SECONDS; the cgroup's throttling then."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + LOAD_SECONDS
+
+    def client() -> None:
+        for _ in range(10_000):
+            if time.monotonic() >= deadline:
+                return
+            started = time.perf_counter()
+            conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+            try:
+                conn.request("GET", "/")
+                ok = conn.getresponse().read() == b"ok"
+            except (OSError, http.client.HTTPException) as exc:
+                ok = False
+                with lock:
+                    failures.append(repr(exc))
+            finally:
+                conn.close()
+            with lock:
+                if ok:
+                    latencies.append(time.perf_counter() - started)
+
+    before = cpu_stat(group)
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(LOAD_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(LOAD_SECONDS + 15)
+    after = cpu_stat(group)
+    assert latencies, failures[:3]
+    cuts = statistics.quantiles(latencies, n=100)
+    return LoadResult(
+        len(latencies), len(failures), cuts[49] * 1000, cuts[98] * 1000,
+        after["nr_periods"] - before["nr_periods"],
+        after["nr_throttled"] - before["nr_throttled"],
+        (after["throttled_time"] - before["throttled_time"]) / 1e6,
+    )
+
+
+def run_busy_gunicorn(name: str, tmp_path: Path, *, env: dict[str, str], flags: list[str],
+                      workers: int) -> LoadResult:
+    """The CPU-bound app on gunicorn in a fresh 1-CPU cgroup, under `busy_load`."""
+    workdir = tmp_path / name
+    workdir.mkdir()
+    (workdir / "app.py").write_text(BUSY_WSGI_APP)
+    port = free_port()
+    command = ["sh", "-c", JOIN_CGROUP, "sh", sys.executable, "-m", "gunicorn", "--bind",
+               f"{LOOPBACK}:{port}", *flags, "app:app"]
+    with cpu_cgroup(name, cpus=1) as group, process_group(
+        command, env=clean_env(CGROUP=str(group), **env), cwd=workdir,
+        log_file=workdir / "server.log",
+    ) as proc:
+        if not wait_until(lambda: proc.poll() is not None or answers(port, b"ok"),
+                          timeout=START_TIMEOUT, interval=0.1) or proc.poll() is not None:
+            pytest.fail(f"gunicorn did not serve; exit code {proc.poll()}")
+        assert wait_until(lambda: len(children(proc.pid)) == workers, timeout=START_TIMEOUT)
+        return busy_load(port, group)
+
+
+@pytest.mark.slow
+def test_webhook_count_is_throttled_less_under_a_one_cpu_quota(tmp_path: Path) -> None:
+    """One CPU of quota: the webhook's count against the usual `2 * cores + 1`, same load."""
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        pytest.skip("one core cannot run past a one-CPU quota, so nothing would be throttled")
+    env = kubelet_env(mutate(gunicorn_pod(cpu="1"), tmp_path), "web")
+    assert env["WEB_CONCURRENCY"] == "1"
+    usual = str(2 * cores + 1)  # gunicorn's documented suggestion
+
+    webhook = run_busy_gunicorn("webhook", tmp_path, env=env, flags=[], workers=1)
+    rule_of_thumb = run_busy_gunicorn("rule-of-thumb", tmp_path, env={}, flags=["-w", usual],
+                                      workers=2 * cores + 1)
+
+    print(f"\n1-CPU quota on {cores} cores, {LOAD_CLIENTS} clients for {LOAD_SECONDS:.0f} s:"
+          f"\n  WEB_CONCURRENCY={env['WEB_CONCURRENCY']} (webhook): {webhook}"
+          f"\n  -w {usual} (2 x cores + 1):    {rule_of_thumb}")
+    assert webhook.failures == rule_of_thumb.failures == 0
+    assert webhook.throttled < rule_of_thumb.throttled
+    assert webhook.throttled_ms < rule_of_thumb.throttled_ms

@@ -691,13 +691,6 @@ def test_certificate_swapped_on_disk_is_served_without_a_failed_request(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=ssl.SSLError,
-    reason="webhook/tls.py ReloadingContext.reload_if_changed loads into the live SSLContext: "
-    "a new cert with the old key fails to load but leaves the context without a usable key, "
-    "so every new handshake fails until the key file is written",
-)
 def test_half_written_renewal_keeps_serving_the_old_pair(tmp_path: Path) -> None:
     """The cert file is renewed before the key file (no atomic swap): the old pair stays in use."""
     new_ca = build_ca("new-ca")
