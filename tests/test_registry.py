@@ -281,7 +281,8 @@ async def test_concurrent_admissions_share_one_lookup_over_tls_and_token_auth(
     tls_image = f"{tls_server.host}/apps/scaled:1"
     token_image = f"{token_server.host}/public/scaled:1"
     tls_pushed = tls_push.image("apps/scaled", "1", config=CMD_GUNICORN)
-    token_pushed = token_push.image("public/scaled", "1", config=CMD_GUNICORN)
+    # A different config: the same content from the TLS registry would already be cached.
+    token_pushed = token_push.image("public/scaled", "1", config=ENTRYPOINT_UVICORN)
     transport = CountingTransport(httpx.AsyncHTTPTransport(
         verify=ssl.create_default_context(cafile=str(ca_file))))
     resolver = RegistryResolver(insecure_registries=[token_server.host], transport=transport)
