@@ -36,14 +36,16 @@ def registry_bin() -> str:
     """The `docker-registry` binary, or a skip with the reason."""
     binary = registry_binary()
     if binary is None:
-        pytest.skip("docker-registry is not on PATH and hack/install-registry.sh could not "
-                    "install it")
+        pytest.skip(
+            "docker-registry is not on PATH and hack/install-registry.sh could not install it"
+        )
     return binary
 
 
 @pytest.fixture(scope="module")
-def plain_registry(registry_bin: str, tmp_path_factory: pytest.TempPathFactory
-                   ) -> Iterator[tuple[RegistryServer, Pusher]]:
+def plain_registry(
+    registry_bin: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RegistryServer, Pusher]]:
     """A plain-HTTP registry with no auth, and a pusher for it."""
     server = RegistryServer(tmp_path_factory.mktemp("plain"), registry_bin)
     server.start()
@@ -54,18 +56,23 @@ def plain_registry(registry_bin: str, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def basic_registry(registry_bin: str, tmp_path_factory: pytest.TempPathFactory
-                   ) -> Iterator[tuple[RegistryServer, Pusher]]:
+def basic_registry(
+    registry_bin: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RegistryServer, Pusher]]:
     """A registry behind htpasswd basic auth (bcrypt), and a pusher with its credentials."""
     htpasswd = shutil.which("htpasswd")
     if htpasswd is None:
         pytest.skip("htpasswd (apache2-utils) is missing; run hack/install-registry.sh")
     workdir = tmp_path_factory.mktemp("basic")
-    line = subprocess.run([htpasswd, "-Bbn", USER, PASSWORD], check=True, capture_output=True,
-                          text=True, timeout=30).stdout.strip()
+    line = subprocess.run(
+        [htpasswd, "-Bbn", USER, PASSWORD], check=True, capture_output=True, text=True, timeout=30
+    ).stdout.strip()
     (workdir / "htpasswd").write_text(line + "\n")
-    server = RegistryServer(workdir, registry_bin, auth={
-        "htpasswd": {"realm": "basic-realm", "path": str(workdir / "htpasswd")}})
+    server = RegistryServer(
+        workdir,
+        registry_bin,
+        auth={"htpasswd": {"realm": "basic-realm", "path": str(workdir / "htpasswd")}},
+    )
     server.start()
     basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     pusher = Pusher(server.url, headers_for=lambda _repo: {"Authorization": basic})
@@ -75,8 +82,9 @@ def basic_registry(registry_bin: str, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def tls_registry(registry_bin: str, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[tuple[RegistryServer, Pusher, Path]]:
+def tls_registry(
+    registry_bin: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RegistryServer, Pusher, Path]]:
     """A registry serving TLS with a certificate from a test CA; yields the CA file too."""
     workdir = tmp_path_factory.mktemp("tls")
     ca = build_ca("registry-test-ca")
@@ -94,19 +102,30 @@ def tls_registry(registry_bin: str, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def token_registry(registry_bin: str, tmp_path_factory: pytest.TempPathFactory
-                   ) -> Iterator[tuple[RegistryServer, Pusher, TokenIssuer]]:
+def token_registry(
+    registry_bin: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RegistryServer, Pusher, TokenIssuer]]:
     """A registry with token auth, its token issuer, and a pusher with push tokens."""
     workdir = tmp_path_factory.mktemp("token")
     signer = build_ca("registry-token-signer")
     bundle = workdir / "token-signer.pem"
     bundle.write_bytes(signer.cert_pem)
-    issuer = TokenIssuer(signer, service=TOKEN_SERVICE, issuer=TOKEN_ISSUER,
-                         credentials=(USER, PASSWORD))
+    issuer = TokenIssuer(
+        signer, service=TOKEN_SERVICE, issuer=TOKEN_ISSUER, credentials=(USER, PASSWORD)
+    )
     issuer.start()
-    server = RegistryServer(workdir, registry_bin, auth={"token": {
-        "realm": issuer.realm, "service": TOKEN_SERVICE, "issuer": TOKEN_ISSUER,
-        "rootcertbundle": str(bundle)}})
+    server = RegistryServer(
+        workdir,
+        registry_bin,
+        auth={
+            "token": {
+                "realm": issuer.realm,
+                "service": TOKEN_SERVICE,
+                "issuer": TOKEN_ISSUER,
+                "rootcertbundle": str(bundle),
+            }
+        },
+    )
     server.start()
 
     def push_token(repo: str) -> dict[str, str]:

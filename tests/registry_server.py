@@ -61,8 +61,9 @@ def registry_binary() -> str | None:
     found = shutil.which(REGISTRY_BINARY)
     if found is None and os.geteuid() == 0 and INSTALL_SCRIPT.exists():
         try:
-            subprocess.run(["bash", str(INSTALL_SCRIPT)], check=False, capture_output=True,
-                           timeout=600)
+            subprocess.run(
+                ["bash", str(INSTALL_SCRIPT)], check=False, capture_output=True, timeout=600
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         found = shutil.which(REGISTRY_BINARY)
@@ -111,8 +112,10 @@ class RegistryServer:
         config: dict[str, Any] = {
             "version": 0.1,
             "log": {"level": "info", "accesslog": {"disabled": False}},
-            "storage": {"filesystem": {"rootdirectory": str(self.workdir / "data")},
-                        "delete": {"enabled": True}},
+            "storage": {
+                "filesystem": {"rootdirectory": str(self.workdir / "data")},
+                "delete": {"enabled": True},
+            },
             "http": http,
         }
         if self.auth:
@@ -181,8 +184,13 @@ def _empty_layer() -> tuple[bytes, str]:
 class Pusher:
     """Pushes images to a registry over its HTTP API, as `docker push` would."""
 
-    def __init__(self, base_url: str, *, verify: ssl.SSLContext | bool = True,
-                 headers_for: Callable[[str], dict[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        verify: ssl.SSLContext | bool = True,
+        headers_for: Callable[[str], dict[str, str]] | None = None,
+    ) -> None:
         self._base = base_url
         self._client = httpx.Client(verify=verify, timeout=10.0)
         self._headers_for = headers_for or (lambda _repo: {})
@@ -198,7 +206,8 @@ class Pusher:
         assert started.status_code == 202, started.text
         location = httpx.URL(self._base).join(started.headers["location"])
         done = self._client.put(
-            location.copy_merge_params({"digest": digest}), content=data,
+            location.copy_merge_params({"digest": digest}),
+            content=data,
             headers={**headers, "Content-Type": "application/octet-stream"},
         )
         assert done.status_code == 201, done.text
@@ -207,42 +216,78 @@ class Pusher:
     def manifest(self, repo: str, reference: str, body: bytes, media_type: str) -> str:
         """PUT a manifest under a tag or digest; returns its digest."""
         headers = {**self._headers_for(repo), "Content-Type": media_type}
-        answer = self._client.put(f"{self._base}/v2/{repo}/manifests/{reference}",
-                                  content=body, headers=headers)
+        answer = self._client.put(
+            f"{self._base}/v2/{repo}/manifests/{reference}", content=body, headers=headers
+        )
         assert answer.status_code == 201, answer.text
         return digest_of(body)
 
-    def image(self, repo: str, tag: str | None, *, config: dict[str, Any], oci: bool = False,
-              os_name: str = "linux", architecture: str = "amd64") -> Pushed:
+    def image(
+        self,
+        repo: str,
+        tag: str | None,
+        *,
+        config: dict[str, Any],
+        oci: bool = False,
+        os_name: str = "linux",
+        architecture: str = "amd64",
+    ) -> Pushed:
         """Push a one-layer image whose config section is `config`; tag it when `tag` is set."""
         layer, diff_id = _empty_layer()
         layer_digest = self.blob(repo, layer)
-        config_blob = json.dumps({
-            "architecture": architecture, "os": os_name, "config": config,
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        }).encode()
+        config_blob = json.dumps(
+            {
+                "architecture": architecture,
+                "os": os_name,
+                "config": config,
+                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            }
+        ).encode()
         config_digest = self.blob(repo, config_blob)
-        manifest = json.dumps({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST if oci else DOCKER_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG if oci else DOCKER_CONFIG,
-                       "size": len(config_blob), "digest": config_digest},
-            "layers": [{"mediaType": OCI_LAYER if oci else DOCKER_LAYER,
-                        "size": len(layer), "digest": layer_digest}],
-        }).encode()
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST if oci else DOCKER_MANIFEST,
+                "config": {
+                    "mediaType": OCI_CONFIG if oci else DOCKER_CONFIG,
+                    "size": len(config_blob),
+                    "digest": config_digest,
+                },
+                "layers": [
+                    {
+                        "mediaType": OCI_LAYER if oci else DOCKER_LAYER,
+                        "size": len(layer),
+                        "digest": layer_digest,
+                    }
+                ],
+            }
+        ).encode()
         media_type = OCI_MANIFEST if oci else DOCKER_MANIFEST
         digest = self.manifest(repo, tag or digest_of(manifest), manifest, media_type)
         return Pushed(digest, config_digest, len(manifest), media_type)
 
-    def index(self, repo: str, tag: str, entries: list[tuple[Pushed, dict[str, str]]], *,
-              oci: bool = False) -> str:
+    def index(
+        self,
+        repo: str,
+        tag: str,
+        entries: list[tuple[Pushed, dict[str, str]]],
+        *,
+        oci: bool = False,
+    ) -> str:
         """Push an index (manifest list) of already pushed manifests with their platforms."""
         media_type = OCI_INDEX if oci else DOCKER_LIST
-        manifests = [{"mediaType": pushed.media_type, "size": pushed.size,
-                      "digest": pushed.digest, "platform": platform}
-                     for pushed, platform in entries]
-        body = json.dumps({"schemaVersion": 2, "mediaType": media_type,
-                           "manifests": manifests}).encode()
+        manifests = [
+            {
+                "mediaType": pushed.media_type,
+                "size": pushed.size,
+                "digest": pushed.digest,
+                "platform": platform,
+            }
+            for pushed, platform in entries
+        ]
+        body = json.dumps(
+            {"schemaVersion": 2, "mediaType": media_type, "manifests": manifests}
+        ).encode()
         return self.manifest(repo, tag, body, media_type)
 
 
@@ -253,8 +298,9 @@ class TokenIssuer:
     need `credentials` as HTTP basic auth. Records every request it answers.
     """
 
-    def __init__(self, signer: KeyPair, *, service: str, issuer: str,
-                 credentials: tuple[str, str]) -> None:
+    def __init__(
+        self, signer: KeyPair, *, service: str, issuer: str, credentials: tuple[str, str]
+    ) -> None:
         self.signer, self.service, self.issuer = signer, service, issuer
         self.credentials = credentials
         self.requests: list[dict[str, str]] = []
@@ -280,11 +326,19 @@ class TokenIssuer:
         der = self.signer.cert.public_bytes(serialization.Encoding.DER)
         header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(der).decode()]}
         now = int(time.time())
-        claims = {"iss": self.issuer, "sub": subject, "aud": self.service, "exp": now +
-                  TOKEN_LIFETIME, "nbf": now - 10, "iat": now, "jti": uuid.uuid4().hex,
-                  "access": access}
-        signing_input = f"{_b64url(json.dumps(header).encode())}." \
-                        f"{_b64url(json.dumps(claims).encode())}"
+        claims = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": self.service,
+            "exp": now + TOKEN_LIFETIME,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "access": access,
+        }
+        signing_input = (
+            f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        )
         r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
         return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
@@ -308,8 +362,13 @@ class TokenIssuer:
                 query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
                 scope = query.get("scope", [""])[0]
                 authorization = self.headers.get("Authorization", "")
-                issuer.requests.append({"scope": scope, "service": query.get("service", [""])[0],
-                                        "authorization": authorization})
+                issuer.requests.append(
+                    {
+                        "scope": scope,
+                        "service": query.get("service", [""])[0],
+                        "authorization": authorization,
+                    }
+                )
                 token = issuer.mint(issuer.grant(scope, authorization))
                 body = json.dumps({"token": token, "expires_in": TOKEN_LIFETIME}).encode()
                 self.send_response(200)

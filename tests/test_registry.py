@@ -30,8 +30,11 @@ BUDGET = 2.0
 RUNTIME_LABEL = "io.concurrency-injector.runtime"
 # The `config` section of an image config blob, as pushed.
 Section = dict[str, Any]
-LABELLED: Section = {"Labels": {RUNTIME_LABEL: "gunicorn"}, "Cmd": ["python", "app.py"],
-            "Env": ["PATH=/usr/local/bin:/usr/bin", "PYTHONUNBUFFERED=1"]}
+LABELLED: Section = {
+    "Labels": {RUNTIME_LABEL: "gunicorn"},
+    "Cmd": ["python", "app.py"],
+    "Env": ["PATH=/usr/local/bin:/usr/bin", "PYTHONUNBUFFERED=1"],
+}
 UNLABELLED: Section = {"Cmd": ["python3"], "Env": ["PATH=/usr/bin"]}
 CMD_GUNICORN: Section = {"Cmd": ["gunicorn", "--bind", "0.0.0.0:8000", "app:app"]}
 ENTRYPOINT_UVICORN: Section = {"Entrypoint": ["uvicorn"], "Cmd": ["main:app", "--host", "0.0.0.0"]}
@@ -52,8 +55,9 @@ def image_config(config: Section) -> ImageConfig:
 
 
 def lookups(outcome: str) -> float:
-    value = REGISTRY.get_sample_value("concurrency_injector_registry_lookups_total",
-                                      {"outcome": outcome})
+    value = REGISTRY.get_sample_value(
+        "concurrency_injector_registry_lookups_total", {"outcome": outcome}
+    )
     return value or 0.0
 
 
@@ -65,16 +69,22 @@ def images(plain_registry: tuple[RegistryServer, Pusher]) -> dict[str, Pushed]:
         "labelled": push.image("apps/labelled", "1.0", config=LABELLED),
         "unlabelled": push.image("apps/unlabelled", "1.0", config=UNLABELLED),
         "cmd-gunicorn": push.image("apps/web", "gunicorn", config=CMD_GUNICORN),
-        "entrypoint-uvicorn": push.image("apps/web", "uvicorn", config=ENTRYPOINT_UVICORN,
-                                         oci=True),
+        "entrypoint-uvicorn": push.image(
+            "apps/web", "uvicorn", config=ENTRYPOINT_UVICORN, oci=True
+        ),
     }
     for oci, tag in ((False, "docker-list"), (True, "oci-index")):
         arm = push.image("apps/multi", None, config=ARM_ONLY, oci=oci, architecture="arm64")
         amd = push.image("apps/multi", None, config=AMD_ONLY, oci=oci)
-        push.index("apps/multi", tag, [
-            (arm, {"os": "linux", "architecture": "arm64", "variant": "v8"}),
-            (amd, {"os": "linux", "architecture": "amd64"}),
-        ], oci=oci)
+        push.index(
+            "apps/multi",
+            tag,
+            [
+                (arm, {"os": "linux", "architecture": "arm64", "variant": "v8"}),
+                (amd, {"os": "linux", "architecture": "amd64"}),
+            ],
+            oci=oci,
+        )
         pushed[tag] = amd
     return pushed
 
@@ -94,11 +104,18 @@ def host(plain_registry: tuple[RegistryServer, Pusher]) -> str:
         ("apps/multi:docker-list", AMD_ONLY),
         ("apps/multi:oci-index", AMD_ONLY),
     ],
-    ids=["labelled", "unlabelled", "cmd-gunicorn", "entrypoint-uvicorn-oci",
-         "index-docker-list-amd64-second", "index-oci-amd64-second"],
+    ids=[
+        "labelled",
+        "unlabelled",
+        "cmd-gunicorn",
+        "entrypoint-uvicorn-oci",
+        "index-docker-list-amd64-second",
+        "index-oci-amd64-second",
+    ],
 )
-async def test_reads_image_config(images: dict[str, Pushed], host: str, reference: str,
-                                  config: Section) -> None:
+async def test_reads_image_config(
+    images: dict[str, Pushed], host: str, reference: str, config: Section
+) -> None:
     resolver = RegistryResolver(insecure_registries=[host])
     try:
         image = f"{host}/{reference}"
@@ -109,12 +126,18 @@ async def test_reads_image_config(images: dict[str, Pushed], host: str, referenc
 
 @pytest.mark.parametrize(
     ("platform", "expected"),
-    [("linux/arm64/v8", ARM_ONLY), ("linux/arm64", ARM_ONLY), ("linux/aarch64", ARM_ONLY),
-     ("linux/amd64", AMD_ONLY), ("linux/s390x", None)],
+    [
+        ("linux/arm64/v8", ARM_ONLY),
+        ("linux/arm64", ARM_ONLY),
+        ("linux/aarch64", ARM_ONLY),
+        ("linux/amd64", AMD_ONLY),
+        ("linux/s390x", None),
+    ],
     ids=["arm64-v8", "arm64-default-variant", "aarch64-alias", "amd64", "no-such-platform"],
 )
-async def test_index_entry_for_platform(images: dict[str, Pushed], host: str, platform: str,
-                                        expected: Section | None) -> None:
+async def test_index_entry_for_platform(
+    images: dict[str, Pushed], host: str, platform: str, expected: Section | None
+) -> None:
     resolver = RegistryResolver(insecure_registries=[host], platform=platform)
     try:
         image = f"{host}/apps/multi:oci-index"
@@ -198,8 +221,9 @@ async def test_token_auth_flow(
     issuer_host = f"127.0.0.1:{issuer.port}"
     # Credentials go to a plain-HTTP token realm only when it is named insecure too.
     careful = RegistryResolver(insecure_registries=[server.host], docker_config=config_path)
-    authed = RegistryResolver(insecure_registries=[server.host, issuer_host],
-                              docker_config=config_path)
+    authed = RegistryResolver(
+        insecure_registries=[server.host, issuer_host], docker_config=config_path
+    )
     try:
         assert await careful.resolve([private], timeout=BUDGET) == {}
         assert issuer.requests[-1]["authorization"] == ""
@@ -207,18 +231,17 @@ async def test_token_auth_flow(
         found = await anonymous.resolve([public, private], timeout=BUDGET)
         assert found == {public: image_config(CMD_GUNICORN)}
         assert {r["scope"] for r in issuer.requests} >= {"repository:public/app:pull"}
-        assert all(r["service"] == "test-registry" and not r["authorization"]
-                   for r in issuer.requests)
+        assert all(
+            r["service"] == "test-registry" and not r["authorization"] for r in issuer.requests
+        )
         issuer.requests.clear()
-        assert await authed.resolve([private], timeout=BUDGET) == {
-            private: image_config(LABELLED)}
+        assert await authed.resolve([private], timeout=BUDGET) == {private: image_config(LABELLED)}
         assert [r["scope"] for r in issuer.requests] == ["repository:private/app:pull"]
         assert issuer.requests[0]["authorization"].startswith("Basic ")
         # A second image in the same repository reuses the token: no new issuer request.
         other = push.image("private/app", None, config=UNLABELLED)
         pinned = f"{server.host}/private/app@{other.digest}"
-        assert await authed.resolve([pinned], timeout=BUDGET) == {
-            pinned: image_config(UNLABELLED)}
+        assert await authed.resolve([pinned], timeout=BUDGET) == {pinned: image_config(UNLABELLED)}
         assert len(issuer.requests) == 1
     finally:
         for resolver in (anonymous, careful, authed):
@@ -259,15 +282,20 @@ async def test_concurrent_admissions_share_one_lookup(
     resolver = RegistryResolver(insecure_registries=[host], transport=transport)
     try:
         results = await asyncio.gather(
-            *(resolver.resolve([image], timeout=BUDGET) for _ in range(100)))
+            *(resolver.resolve([image], timeout=BUDGET) for _ in range(100))
+        )
         assert all(r == {image: image_config(CMD_GUNICORN)} for r in results)
         # One manifest and one config blob reach the registry; the only other attempt is
         # the HTTPS probe of an --insecure-registry host, refused at the TLS handshake.
         assert transport.paths("apps/scaled") == [
-            "/v2/apps/scaled/manifests/1", f"/v2/apps/scaled/blobs/{pushed.config_digest}"]
+            "/v2/apps/scaled/manifests/1",
+            f"/v2/apps/scaled/blobs/{pushed.config_digest}",
+        ]
         assert len(transport.attempts) == 3
-        print(f"\n100 concurrent admissions -> {len(transport.requests)} registry requests "
-              f"({len(transport.attempts)} attempts incl. the scheme probe)")
+        print(
+            f"\n100 concurrent admissions -> {len(transport.requests)} registry requests "
+            f"({len(transport.attempts)} attempts incl. the scheme probe)"
+        )
     finally:
         await resolver.aclose()
 
@@ -283,20 +311,26 @@ async def test_concurrent_admissions_share_one_lookup_over_tls_and_token_auth(
     tls_pushed = tls_push.image("apps/scaled", "1", config=CMD_GUNICORN)
     # A different config: the same content from the TLS registry would already be cached.
     token_pushed = token_push.image("public/scaled", "1", config=ENTRYPOINT_UVICORN)
-    transport = CountingTransport(httpx.AsyncHTTPTransport(
-        verify=ssl.create_default_context(cafile=str(ca_file))))
+    transport = CountingTransport(
+        httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=str(ca_file)))
+    )
     resolver = RegistryResolver(insecure_registries=[token_server.host], transport=transport)
     issuer.requests.clear()
     try:
-        results = await asyncio.gather(*(
-            resolver.resolve([tls_image, token_image], timeout=BUDGET) for _ in range(100)))
+        results = await asyncio.gather(
+            *(resolver.resolve([tls_image, token_image], timeout=BUDGET) for _ in range(100))
+        )
         assert all(len(r) == 2 for r in results)
         assert transport.paths("apps/scaled") == [
-            "/v2/apps/scaled/manifests/1", f"/v2/apps/scaled/blobs/{tls_pushed.config_digest}"]
+            "/v2/apps/scaled/manifests/1",
+            f"/v2/apps/scaled/blobs/{tls_pushed.config_digest}",
+        ]
         # Token auth: one challenge (401), one token, then the manifest and the blob.
         assert transport.paths("public/scaled") == [
-            "/v2/public/scaled/manifests/1", "/v2/public/scaled/manifests/1",
-            f"/v2/public/scaled/blobs/{token_pushed.config_digest}"]
+            "/v2/public/scaled/manifests/1",
+            "/v2/public/scaled/manifests/1",
+            f"/v2/public/scaled/blobs/{token_pushed.config_digest}",
+        ]
         assert len(issuer.requests) == 1
     finally:
         await resolver.aclose()
@@ -309,30 +343,38 @@ async def test_cache_tag_ttl_and_failure_ttl(
     push.image("apps/cached", "1", config=UNLABELLED)
     image, missing = f"{host}/apps/cached:1", f"{host}/apps/cached:later"
     transport = CountingTransport()
-    resolver = RegistryResolver(insecure_registries=[host], transport=transport,
-                                tag_ttl=0.5, failure_ttl=0.5)
+    resolver = RegistryResolver(
+        insecure_registries=[host], transport=transport, tag_ttl=0.5, failure_ttl=0.5
+    )
     hits = REGISTRY.get_sample_value("concurrency_injector_registry_cache_hits_total") or 0.0
     try:
         assert await resolver.resolve([image, missing], timeout=BUDGET) == {
-            image: image_config(UNLABELLED)}
+            image: image_config(UNLABELLED)
+        }
         count = len(transport.requests)
         # Within the TTLs: the config and the failure come from the cache, no request.
         assert await resolver.resolve([image, missing], timeout=BUDGET) == {
-            image: image_config(UNLABELLED)}
+            image: image_config(UNLABELLED)
+        }
         assert len(transport.requests) == count
-        assert REGISTRY.get_sample_value(
-            "concurrency_injector_registry_cache_hits_total") == hits + 1
+        assert (
+            REGISTRY.get_sample_value("concurrency_injector_registry_cache_hits_total") == hits + 1
+        )
         # The tag moves and the missing tag appears; after the TTLs both are read again.
         push.image("apps/cached", "1", config=LABELLED)
         push.image("apps/cached", "later", config=CMD_GUNICORN)
         await asyncio.sleep(0.6)
         assert await resolver.resolve([image, missing], timeout=BUDGET) == {
-            image: image_config(LABELLED), missing: image_config(CMD_GUNICORN)}
+            image: image_config(LABELLED),
+            missing: image_config(CMD_GUNICORN),
+        }
         manifest_requests = sorted((m, p) for m, _, p in transport.requests if "/manifests/" in p)
         # The moved tag is checked with HEAD, then read; the tag that failed is read again.
         assert manifest_requests == [
-            ("GET", "/v2/apps/cached/manifests/1"), ("GET", "/v2/apps/cached/manifests/1"),
-            ("GET", "/v2/apps/cached/manifests/later"), ("GET", "/v2/apps/cached/manifests/later"),
+            ("GET", "/v2/apps/cached/manifests/1"),
+            ("GET", "/v2/apps/cached/manifests/1"),
+            ("GET", "/v2/apps/cached/manifests/later"),
+            ("GET", "/v2/apps/cached/manifests/later"),
             ("HEAD", "/v2/apps/cached/manifests/1"),
         ]
     finally:
@@ -352,7 +394,8 @@ async def test_unchanged_tag_revalidates_with_head_only(
         await asyncio.sleep(0.3)
         del transport.requests[:]
         assert await resolver.resolve([image], timeout=BUDGET) == {
-            image: image_config(CMD_GUNICORN)}
+            image: image_config(CMD_GUNICORN)
+        }
         assert transport.requests == [("HEAD", "http", "/v2/apps/stable/manifests/1")]
     finally:
         await resolver.aclose()

@@ -40,17 +40,30 @@ def b64(text: str) -> str:
 @pytest.mark.parametrize(
     ("auths", "expected"),
     [
-        ({"https://index.docker.io/v1/": {"auth": b64("u:p")}}, {"docker.io": Credentials("u", "p")}),
-        ({"registry-1.docker.io": {"auth": b64("u:p:with:colons")}},
-         {"docker.io": Credentials("u", "p:with:colons")}),
+        (
+            {"https://index.docker.io/v1/": {"auth": b64("u:p")}},
+            {"docker.io": Credentials("u", "p")},
+        ),
+        (
+            {"registry-1.docker.io": {"auth": b64("u:p:with:colons")}},
+            {"docker.io": Credentials("u", "p:with:colons")},
+        ),
         ({"ghcr.io": {"username": "u", "password": "t"}}, {"ghcr.io": Credentials("u", "t")}),
-        ({"http://Host.Local:5000/v2/": {"auth": b64("u:p")}},
-         {"host.local:5000": Credentials("u", "p")}),
+        (
+            {"http://Host.Local:5000/v2/": {"auth": b64("u:p")}},
+            {"host.local:5000": Credentials("u", "p")},
+        ),
         ({"quay.io": {"identitytoken": "x"}}, {}),
         ({}, {}),
     ],
-    ids=["hub-v1-url", "hub-alias-colon-password", "user-pass", "scheme-path-case",
-         "identitytoken-only-skipped", "empty"],
+    ids=[
+        "hub-v1-url",
+        "hub-alias-colon-password",
+        "user-pass",
+        "scheme-path-case",
+        "identitytoken-only-skipped",
+        "empty",
+    ],
 )
 def test_parse_docker_config(auths: dict[str, Any], expected: dict[str, Credentials]) -> None:
     assert parse_docker_config(json.dumps({"auths": auths, "credsStore": "desktop"})) == expected
@@ -74,21 +87,33 @@ def test_parse_docker_config_rejects(text: str, message: str) -> None:
 
 
 def test_registry_key_folds_hub_aliases() -> None:
-    assert [registry_key(k) for k in ("index.docker.io", "https://docker.io/v1/", "r.io:443")] \
-        == ["docker.io", "docker.io", "r.io:443"]
+    assert [registry_key(k) for k in ("index.docker.io", "https://docker.io/v1/", "r.io:443")] == [
+        "docker.io",
+        "docker.io",
+        "r.io:443",
+    ]
 
 
 @pytest.mark.parametrize(
     ("header", "expected"),
     [
-        ('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
-         'scope="repository:library/python:pull"',
-         Challenge("bearer", {"realm": "https://auth.docker.io/token",
-                              "service": "registry.docker.io",
-                              "scope": "repository:library/python:pull"})),
+        (
+            'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+            'scope="repository:library/python:pull"',
+            Challenge(
+                "bearer",
+                {
+                    "realm": "https://auth.docker.io/token",
+                    "service": "registry.docker.io",
+                    "scope": "repository:library/python:pull",
+                },
+            ),
+        ),
         ('Basic realm="basic-realm"', Challenge("basic", {"realm": "basic-realm"})),
-        ("Bearer realm=https://r/t, service=svc", Challenge("bearer", {"realm": "https://r/t",
-                                                                      "service": "svc"})),
+        (
+            "Bearer realm=https://r/t, service=svc",
+            Challenge("bearer", {"realm": "https://r/t", "service": "svc"}),
+        ),
         ('Bearer realm="a", Basic realm="b"', Challenge("bearer", {"realm": "a"})),
         ("", None),
     ],
@@ -108,33 +133,51 @@ def test_parse_challenge(header: str, expected: Challenge | None) -> None:
         ("linux/arm/v6", Platform("linux", "arm", "v6")),
         ("Linux/ARM", Platform("linux", "arm", "v7")),
     ],
-    ids=["amd64", "x86_64-alias", "arm64-default-v8", "aarch64-bare-variant", "arm-v6",
-         "arm-default-v7-case"],
+    ids=[
+        "amd64",
+        "x86_64-alias",
+        "arm64-default-v8",
+        "aarch64-bare-variant",
+        "arm-v6",
+        "arm-default-v7-case",
+    ],
 )
 def test_platform_parse(text: str, expected: Platform) -> None:
     assert Platform.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["linux", "linux/", "/amd64", "a/b/c/d"],
-                         ids=["no-arch", "empty-arch", "empty-os", "too-many-parts"])
+@pytest.mark.parametrize(
+    "text",
+    ["linux", "linux/", "/amd64", "a/b/c/d"],
+    ids=["no-arch", "empty-arch", "empty-os", "too-many-parts"],
+)
 def test_platform_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="os/arch"):
         Platform.parse(text)
 
 
-INDEX: dict[str, Any] = {"manifests": [
-    {"digest": "sha256:att", "platform": {"os": "unknown", "architecture": "unknown"}},
-    {"digest": "sha256:armv7", "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
-    {"digest": "sha256:arm64", "platform": {"os": "linux", "architecture": "arm64"}},
-    {"digest": "sha256:amd64", "platform": {"os": "linux", "architecture": "amd64"}},
-    {"digest": "sha256:win", "platform": {"os": "windows", "architecture": "amd64"}},
-]}
+INDEX: dict[str, Any] = {
+    "manifests": [
+        {"digest": "sha256:att", "platform": {"os": "unknown", "architecture": "unknown"}},
+        {
+            "digest": "sha256:armv7",
+            "platform": {"os": "linux", "architecture": "arm", "variant": "v7"},
+        },
+        {"digest": "sha256:arm64", "platform": {"os": "linux", "architecture": "arm64"}},
+        {"digest": "sha256:amd64", "platform": {"os": "linux", "architecture": "amd64"}},
+        {"digest": "sha256:win", "platform": {"os": "windows", "architecture": "amd64"}},
+    ]
+}
 
 
 @pytest.mark.parametrize(
     ("platform", "digest"),
-    [("linux/amd64", "sha256:amd64"), ("linux/arm64/v8", "sha256:arm64"),
-     ("linux/arm", "sha256:armv7"), ("windows/amd64", "sha256:win")],
+    [
+        ("linux/amd64", "sha256:amd64"),
+        ("linux/arm64/v8", "sha256:arm64"),
+        ("linux/arm", "sha256:armv7"),
+        ("windows/amd64", "sha256:win"),
+    ],
     ids=["amd64", "arm64-v8-matches-no-variant", "arm-default-v7", "windows"],
 )
 def test_select_platform(platform: str, digest: str) -> None:
@@ -150,10 +193,14 @@ def test_select_platform_missing() -> None:
 @pytest.mark.parametrize(
     ("blob", "expected"),
     [
-        ({"config": {"Labels": None, "Env": None, "Cmd": ["sh"]}},
-         ImageConfig(labels={}, entrypoint=None, cmd=["sh"], env=[])),
-        ({"config": {"Labels": {"a": "b"}, "Entrypoint": ["uvicorn"], "Env": ["X=1"]}},
-         ImageConfig(labels={"a": "b"}, entrypoint=["uvicorn"], cmd=None, env=["X=1"])),
+        (
+            {"config": {"Labels": None, "Env": None, "Cmd": ["sh"]}},
+            ImageConfig(labels={}, entrypoint=None, cmd=["sh"], env=[]),
+        ),
+        (
+            {"config": {"Labels": {"a": "b"}, "Entrypoint": ["uvicorn"], "Env": ["X=1"]}},
+            ImageConfig(labels={"a": "b"}, entrypoint=["uvicorn"], cmd=None, env=["X=1"]),
+        ),
         ({"architecture": "amd64"}, ImageConfig(labels={}, entrypoint=None, cmd=None, env=[])),
     ],
     ids=["nulls", "full", "no-config-section"],
@@ -163,7 +210,8 @@ def test_parse_image_config(blob: dict[str, Any], expected: ImageConfig) -> None
 
 
 @pytest.mark.parametrize(
-    "config", [{"Cmd": "gunicorn app"}, {"Labels": ["a"]}, {"Env": [1]}],
+    "config",
+    [{"Cmd": "gunicorn app"}, {"Labels": ["a"]}, {"Env": [1]}],
     ids=["cmd-string", "labels-list", "env-number"],
 )
 def test_parse_image_config_rejects(config: dict[str, Any]) -> None:
@@ -189,11 +237,18 @@ async def test_docker_hub_addressing_with_a_fake_transport() -> None:
     """
     config = json.dumps({"config": {"Cmd": ["python3"]}}).encode()
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
-                           "config": {"digest": config_digest}}).encode()
+    manifest = json.dumps(
+        {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "config": {"digest": config_digest}}
+    ).encode()
     manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
-    index = json.dumps({"mediaType": OCI_INDEX, "manifests": [
-        {"digest": manifest_digest, "platform": {"os": "linux", "architecture": "amd64"}}]})
+    index = json.dumps(
+        {
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {"digest": manifest_digest, "platform": {"os": "linux", "architecture": "amd64"}}
+            ],
+        }
+    )
     seen: list[str] = []
 
     def hub(request: httpx.Request) -> httpx.Response:
@@ -201,9 +256,15 @@ async def test_docker_hub_addressing_with_a_fake_transport() -> None:
         if request.url.host == "auth.docker.io":
             return httpx.Response(200, json={"token": "t0k", "expires_in": 300})
         if request.headers.get("Authorization") != "Bearer t0k":
-            return httpx.Response(401, headers={"WWW-Authenticate": (
-                'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
-                'scope="repository:library/python:pull"')})
+            return httpx.Response(
+                401,
+                headers={
+                    "WWW-Authenticate": (
+                        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+                        'scope="repository:library/python:pull"'
+                    )
+                },
+            )
         if request.url.path.endswith("/manifests/3.12"):
             assert all(t in request.headers["Accept"] for t in (OCI_INDEX, DOCKER_MANIFEST))
             return httpx.Response(200, content=index, headers={"Content-Type": OCI_INDEX})
@@ -216,8 +277,9 @@ async def test_docker_hub_addressing_with_a_fake_transport() -> None:
         found = await resolver.resolve(["python:3.12"], timeout=2.0)
     finally:
         await resolver.aclose()
-    assert found == {"python:3.12": ImageConfig(labels={}, entrypoint=None, cmd=["python3"],
-                                                env=[])}
+    assert found == {
+        "python:3.12": ImageConfig(labels={}, entrypoint=None, cmd=["python3"], env=[])
+    }
     hub_v2 = "https://registry-1.docker.io/v2/library/python"
     assert seen == [
         f"GET {hub_v2}/manifests/3.12",

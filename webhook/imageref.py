@@ -68,9 +68,7 @@ class ImageRef:
 def _split_domain(name: str) -> tuple[str, str]:
     """Split `name` into registry domain and repository path, defaulting to Docker Hub."""
     first, sep, rest = name.partition("/")
-    looks_like_host = (
-        "." in first or ":" in first or first == "localhost" or first.lower() != first
-    )
+    looks_like_host = "." in first or ":" in first or first == "localhost" or first.lower() != first
     if not sep or not looks_like_host:
         domain, path = DOCKER_HUB, name
     else:

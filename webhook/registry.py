@@ -227,8 +227,12 @@ class RegistryResolver:
                 )
             return self._store(ref, key, fetched)
         except LookupFailed as exc:
-            log.log(logging.WARNING if exc.outcome == "error" else logging.DEBUG,
-                    "registry: %s: %s", ref, exc)
+            log.log(
+                logging.WARNING if exc.outcome == "error" else logging.DEBUG,
+                "registry: %s: %s",
+                ref,
+                exc,
+            )
             return self._fail(key, exc.outcome)
         except (TimeoutError, httpx.TimeoutException):
             log.info("registry: %s: no answer within %.0f s", ref, BACKGROUND_BUDGET)

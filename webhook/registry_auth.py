@@ -148,6 +148,7 @@ class CredentialStore:
                 if os.stat(self._path).st_mtime != self._mtime:
                     self._load(self._path)
             except (OSError, ValueError) as exc:
-                log.warning("docker config %r: %s; keeping the credentials loaded before",
-                            self._path, exc)
+                log.warning(
+                    "docker config %r: %s; keeping the credentials loaded before", self._path, exc
+                )
         return self._credentials.get(registry_key(domain))

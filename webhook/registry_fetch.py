@@ -44,8 +44,14 @@ MAX_TOKENS_PER_HOST = 256
 MAX_REDIRECTS = 5
 
 # Architecture aliases and default variants, as containerd's `platforms.Normalize` has them.
-_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386",
-                 "armhf": "arm", "armel": "arm"}
+_ARCH_ALIASES = {
+    "x86_64": "amd64",
+    "x86-64": "amd64",
+    "aarch64": "arm64",
+    "i386": "386",
+    "armhf": "arm",
+    "armel": "arm",
+}
 _DEFAULT_VARIANT = {"arm64": "v8", "arm": "v7"}
 
 
@@ -153,8 +159,9 @@ def select_platform(index: dict[str, Any], platform: Platform) -> str:
         spec = entry.get("platform") if isinstance(entry, dict) else None
         if not isinstance(spec, dict) or not isinstance(entry.get("digest"), str):
             continue
-        found = Platform.of(str(spec.get("os", "")), str(spec.get("architecture", "")),
-                            str(spec.get("variant", "")))
+        found = Platform.of(
+            str(spec.get("os", "")), str(spec.get("architecture", "")), str(spec.get("variant", ""))
+        )
         if found == platform:
             return str(entry["digest"])
     raise LookupFailed("not_found", f"no manifest for platform {platform}")
@@ -181,13 +188,23 @@ class RegistryClient:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         headers = {"User-Agent": USER_AGENT}
         self._verified = httpx.AsyncClient(
-            verify=context, transport=transport, limits=limits, headers=headers,
-            follow_redirects=True, max_redirects=MAX_REDIRECTS, trust_env=False,
+            verify=context,
+            transport=transport,
+            limits=limits,
+            headers=headers,
+            follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
+            trust_env=False,
         )
         # Unverified TLS, only ever used for hosts named with --insecure-registry.
         self._unverified = httpx.AsyncClient(
-            verify=False, transport=transport, limits=limits, headers=headers,
-            follow_redirects=True, max_redirects=MAX_REDIRECTS, trust_env=False,
+            verify=False,
+            transport=transport,
+            limits=limits,
+            headers=headers,
+            follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
+            trust_env=False,
         )
         self._hosts: dict[str, _Host] = {}
 
@@ -233,8 +250,9 @@ class RegistryClient:
             raise LookupFailed("error", "manifest is not a JSON object")
         media_type = str(manifest.get("mediaType") or _content_type(headers))
         if media_type in INDEX_TYPES or "manifests" in manifest:
-            body, _ = await self._manifest(ref, select_platform(manifest, self._platform),
-                                           deadline=deadline)
+            body, _ = await self._manifest(
+                ref, select_platform(manifest, self._platform), deadline=deadline
+            )
             manifest = json.loads(body)
         config = manifest.get("config") if isinstance(manifest, dict) else None
         if not isinstance(config, dict) or not isinstance(config.get("digest"), str):
@@ -243,8 +261,9 @@ class RegistryClient:
         cached = known(config_digest)
         if cached is not None:
             return Fetched(cached, config_digest, manifest_digest)
-        blob, _ = await self._request(ref, f"blobs/{config_digest}", accept="*/*",
-                                      limit=MAX_CONFIG_BYTES, deadline=deadline)
+        blob, _ = await self._request(
+            ref, f"blobs/{config_digest}", accept="*/*", limit=MAX_CONFIG_BYTES, deadline=deadline
+        )
         _verify_digest(blob, config_digest)
         return Fetched(parse_image_config(blob), config_digest, manifest_digest)
 
@@ -258,8 +277,14 @@ class RegistryClient:
     ) -> Fetched | None:
         """The cached config when a HEAD shows the tag still names a known manifest."""
         try:
-            _, headers = await self._request(ref, f"manifests/{ref.reference}", method="HEAD",
-                                             accept=ACCEPT_MANIFESTS, limit=0, deadline=deadline)
+            _, headers = await self._request(
+                ref,
+                f"manifests/{ref.reference}",
+                method="HEAD",
+                accept=ACCEPT_MANIFESTS,
+                limit=0,
+                deadline=deadline,
+            )
         except LookupFailed as exc:
             if exc.outcome != "error":
                 raise
@@ -269,17 +294,30 @@ class RegistryClient:
         config = known(config_digest) if config_digest else None
         return Fetched(config, config_digest, digest) if config and config_digest else None
 
-    async def _manifest(self, ref: ImageRef, reference: str, *, deadline: float
-                        ) -> tuple[bytes, httpx.Headers]:
-        body, headers = await self._request(ref, f"manifests/{reference}",
-                                            accept=ACCEPT_MANIFESTS, limit=MAX_MANIFEST_BYTES,
-                                            deadline=deadline)
+    async def _manifest(
+        self, ref: ImageRef, reference: str, *, deadline: float
+    ) -> tuple[bytes, httpx.Headers]:
+        body, headers = await self._request(
+            ref,
+            f"manifests/{reference}",
+            accept=ACCEPT_MANIFESTS,
+            limit=MAX_MANIFEST_BYTES,
+            deadline=deadline,
+        )
         if reference.startswith("sha"):
             _verify_digest(body, reference)
         return body, headers
 
-    async def _request(self, ref: ImageRef, path: str, *, method: str = "GET", accept: str,
-                       limit: int, deadline: float) -> tuple[bytes, httpx.Headers]:
+    async def _request(
+        self,
+        ref: ImageRef,
+        path: str,
+        *,
+        method: str = "GET",
+        accept: str,
+        limit: int,
+        deadline: float,
+    ) -> tuple[bytes, httpx.Headers]:
         """`method` `/v2/<repo>/<path>`, answering one auth challenge; returns body and headers."""
         host = self._host(ref)
         for attempt in range(2):
@@ -288,7 +326,8 @@ class RegistryClient:
             if authorization:
                 headers["Authorization"] = authorization
             status, response_headers, body = await self._send(
-                ref, host, path, method=method, headers=headers, limit=limit, deadline=deadline)
+                ref, host, path, method=method, headers=headers, limit=limit, deadline=deadline
+            )
             challenge = parse_challenge(response_headers.get("www-authenticate", ""))
             if status == 401 and attempt == 0 and challenge is not None:
                 # First contact, or a token that expired early: answer the challenge once.
@@ -304,16 +343,30 @@ class RegistryClient:
     def _client(self, host: str) -> httpx.AsyncClient:
         return self._unverified if host.lower() in self._insecure else self._verified
 
-    async def _send(self, ref: ImageRef, host: _Host, path: str, *, method: str,
-                    headers: dict[str, str], limit: int, deadline: float
-                    ) -> tuple[int, httpx.Headers, bytes]:
+    async def _send(
+        self,
+        ref: ImageRef,
+        host: _Host,
+        path: str,
+        *,
+        method: str,
+        headers: dict[str, str],
+        limit: int,
+        deadline: float,
+    ) -> tuple[int, httpx.Headers, bytes]:
         """One request; HTTPS then plain HTTP for an insecure host whose scheme is not known yet."""
         schemes = [host.scheme] if host.scheme else ["https", "http"]
         for scheme in schemes:
             url = f"{scheme}://{ref.host}/v2/{ref.path}/{path}"
             try:
-                result = await self._read(self._client(ref.host), url, method=method,
-                                          headers=headers, limit=limit, deadline=deadline)
+                result = await self._read(
+                    self._client(ref.host),
+                    url,
+                    method=method,
+                    headers=headers,
+                    limit=limit,
+                    deadline=deadline,
+                )
             except (httpx.ConnectError, httpx.RemoteProtocolError):
                 if scheme == schemes[-1]:
                     raise
@@ -322,9 +375,16 @@ class RegistryClient:
             return result
         raise AssertionError("unreachable")
 
-    async def _read(self, client: httpx.AsyncClient, url: str, *, method: str = "GET",
-                    headers: dict[str, str], limit: int, deadline: float
-                    ) -> tuple[int, httpx.Headers, bytes]:
+    async def _read(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: dict[str, str],
+        limit: int,
+        deadline: float,
+    ) -> tuple[int, httpx.Headers, bytes]:
         """`method` `url` with a timeout capped by `deadline`, reading at most `limit` bytes."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -361,8 +421,9 @@ class RegistryClient:
         host.tokens[scope] = (time.monotonic() + max(0.0, ttl - TOKEN_MARGIN), token)
         return f"Bearer {token}"
 
-    async def _token(self, challenge: Challenge, scope: str, credentials: Credentials | None,
-                     *, deadline: float) -> tuple[str, float]:
+    async def _token(
+        self, challenge: Challenge, scope: str, credentials: Credentials | None, *, deadline: float
+    ) -> tuple[str, float]:
         """A bearer token from the challenge's realm, anonymous or with the host's credentials."""
         realm = challenge.params["realm"]
         params = {"scope": scope}
@@ -372,12 +433,18 @@ class RegistryClient:
         realm_url = httpx.URL(realm)
         realm_host = realm_url.netloc.decode("ascii")
         # Credentials travel in clear only to a realm named with --insecure-registry.
-        if credentials is not None and (realm_url.scheme == "https"
-                                        or realm_host.lower() in self._insecure):
+        if credentials is not None and (
+            realm_url.scheme == "https" or realm_host.lower() in self._insecure
+        ):
             headers["Authorization"] = credentials.basic()
         url = str(realm_url.copy_merge_params(params))
-        status, _, body = await self._read(self._client(realm_host), url, headers=headers,
-                                           limit=MAX_MANIFEST_BYTES, deadline=deadline)
+        status, _, body = await self._read(
+            self._client(realm_host),
+            url,
+            headers=headers,
+            limit=MAX_MANIFEST_BYTES,
+            deadline=deadline,
+        )
         if status != 200:
             raise LookupFailed("error", f"token endpoint {realm}: HTTP {status}")
         data = json.loads(body)
