@@ -18,7 +18,7 @@ import yaml
 from webhook import __version__, admission, logs, server, wiring
 from webhook.config import ConfigError, Settings, env_name
 from webhook.detection import images_to_resolve
-from webhook.mutation import decide
+from webhook.mutation import decide, in_document_order
 from webhook.types import ImageConfig, Obj
 from webhook.workloads import InputError, pod_slots, review_pod
 
@@ -260,4 +260,4 @@ def _patch_of(original: Any, result: Any) -> Any:
     if isinstance(original, dict) and original.get("kind") == "AdmissionReview":
         encoded = result["response"].get("patch")
         return orjson.loads(base64.b64decode(encoded)) if encoded else []
-    return jsonpatch.make_patch(original, result).patch
+    return in_document_order(jsonpatch.make_patch(original, result).patch)

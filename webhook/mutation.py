@@ -151,21 +151,23 @@ def decide(
             values = ", ".join(f"{k}={v}" for k, v in r.set.items())
             warnings.append(f"audit: would set {values} in {r.name!r}")
         return Decision([], _clean(warnings), results, True, reason)
-    patch = _in_document_order(jsonpatch.make_patch(before, after).patch)
+    patch = in_document_order(jsonpatch.make_patch(before, after).patch)
     return Decision(patch, _clean(warnings), results, False, reason)
 
 
-def _in_document_order(patch: list[Obj]) -> list[Obj]:
-    """Annotations first, then containers in order, so the same change reads the same each time.
+def in_document_order(patch: list[Obj]) -> list[Obj]:
+    """Annotations first, then each container's ops, so the same change reads the same each time.
 
     jsonpatch visits sibling dict keys in set order, which varies between processes; ops on
     different keys are independent, and the stable sort keeps each array's ops in sequence.
+    Works at any depth (a Pod, or the pod template of a workload).
     """
 
     def place(op: Obj) -> tuple[int, str, int, str]:
         parts = op["path"].split("/")
-        if len(parts) >= 5 and parts[1] == "spec" and parts[3].isdigit():
-            return (1, parts[2], int(parts[3]), parts[4])
+        for i, part in enumerate(parts[:-2]):
+            if part in ("containers", "initContainers") and parts[i + 1].isdigit():
+                return (1, "/".join(parts[: i + 1]), int(parts[i + 1]), parts[i + 2])
         return (0, op["path"], 0, "")
 
     return sorted(patch, key=place)
