@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from cryptography import x509
 
+from tests.podgen import container
 from webhook.certs import KeyPair, build_ca, build_leaf
 
 LOOPBACK = "127.0.0.1"
@@ -300,18 +301,14 @@ PODS = {"group": "", "version": "v1", "resource": "pods"}
 def gunicorn_pod(*, name: str = "web", cpu: str | None = "2",
                  annotations: Mapping[str, str] | None = None,
                  command: list[str] | None = None) -> dict[str, Any]:
-    container: dict[str, Any] = {
-        "name": name,
-        "image": "python:3.12-slim",
-        "command": command or ["gunicorn", "--bind", "0.0.0.0:8000", "app:app"],
-    }
-    if cpu is not None:
-        container["resources"] = {"limits": {"cpu": cpu, "memory": "1Gi"}}
+    """A Pod as a ReplicaSet controller creates it (no name yet), one container `web`."""
+    main = container(name, command=command or ["gunicorn", "--bind", "0.0.0.0:8000", "app:app"],
+                     cpu=cpu, memory="1Gi", image="python:3.12-slim")
     metadata: dict[str, Any] = {"generateName": "web-", "namespace": "default"}
     if annotations:
         metadata["annotations"] = dict(annotations)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
-            "spec": {"containers": [container]}}
+            "spec": {"containers": [main]}}
 
 
 def admission_review(obj: Mapping[str, Any] | None, *, uid: str, operation: str = "CREATE",
@@ -363,6 +360,12 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
+
+
+def uvicorn_workers(pid: int) -> list[int]:
+    """uvicorn's worker processes: the multiprocessing children of `pid` that run the app
+    (its other child is multiprocessing's resource tracker)."""
+    return [child for child in children(pid) if "spawn_main" in cmdline(child)]
 
 
 def environ_of(pid: int) -> dict[str, str]:

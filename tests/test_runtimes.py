@@ -38,6 +38,7 @@ from tests.servers import (
     free_port,
     gunicorn_pod,
     process_group,
+    uvicorn_workers,
     wait_until,
 )
 
@@ -128,43 +129,42 @@ class Runtime:
                 str(port), "--no-access-log"]
 
     def workers(self, master: int) -> list[int]:
-        """The worker processes: gunicorn forks them; uvicorn spawns them with multiprocessing
-        (one process serves alone when it runs a single worker)."""
-        found = children(master)
+        """The worker processes: gunicorn forks them; uvicorn spawns them with multiprocessing,
+        or serves in its one process when it runs a single worker."""
         if self.name == "uvicorn":
-            found = [pid for pid in found if "spawn_main" in cmdline(pid)]
-            return found or [master]
-        return found
+            return uvicorn_workers(master) or [master]
+        return children(master)
 
 
 GUNICORN = Runtime("gunicorn", WSGI_APP, ["gunicorn", "--bind", "0.0.0.0:8000", "app:app"])
 UVICORN = Runtime("uvicorn", ASGI_APP, ["uvicorn", "app:app", "--host", "0.0.0.0"])
 
 
-def get(port: int, path: str = "/") -> dict[str, Any]:
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
+def fetch(port: int) -> tuple[int, bytes]:
+    """GET / on a new connection: status and body."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
     try:
-        conn.request("GET", path)
+        conn.request("GET", "/")
         answer = conn.getresponse()
-        assert answer.status == 200
-        data: dict[str, Any] = orjson.loads(answer.read())
-        return data
+        return answer.status, answer.read()
     finally:
         conn.close()
+
+
+def get(port: int) -> dict[str, Any]:
+    status, body = fetch(port)
+    assert status == 200, body
+    data: dict[str, Any] = orjson.loads(body)
+    return data
 
 
 def answers(port: int, body: bytes | None = None) -> bool:
     """The server at `port` answers GET / with 200 (and `body`, when given)."""
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
     try:
-        conn.request("GET", "/")
-        answer = conn.getresponse()
-        data = answer.read()
+        status, data = fetch(port)
     except (OSError, http.client.HTTPException):
         return False
-    finally:
-        conn.close()
-    return answer.status == 200 and (body is None or data == body)
+    return status == 200 and (body is None or data == body)
 
 
 @contextlib.contextmanager
@@ -324,19 +324,15 @@ def busy_load(port: int, group: Path) -> LoadResult:
             if time.monotonic() >= deadline:
                 return
             started = time.perf_counter()
-            conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
             try:
-                conn.request("GET", "/")
-                ok = conn.getresponse().read() == b"ok"
+                answer = fetch(port)
             except (OSError, http.client.HTTPException) as exc:
-                ok = False
-                with lock:
-                    failures.append(repr(exc))
-            finally:
-                conn.close()
+                answer = (0, repr(exc).encode())
             with lock:
-                if ok:
+                if answer == (200, b"ok"):
                     latencies.append(time.perf_counter() - started)
+                else:
+                    failures.append(repr(answer))
 
     before = cpu_stat(group)
     threads = [threading.Thread(target=client, daemon=True) for _ in range(LOAD_CLIENTS)]

@@ -28,6 +28,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.podgen import cpu_limit_env
 from tests.servers import (
     LOOPBACK,
     MUTATE_PATH,
@@ -37,15 +38,14 @@ from tests.servers import (
     Reply,
     WebhookServer,
     admission_review,
-    children,
     clean_env,
     cli_command,
     client_context,
-    cmdline,
     free_port,
     gunicorn_pod,
     peer_serial,
     stop_group,
+    uvicorn_workers,
     wait_until,
 )
 from webhook.admission import FAIL_OPEN_WARNING
@@ -53,12 +53,7 @@ from webhook.certs import KeyPair, build_ca, build_leaf
 
 STATUS = "concurrency-injector.io/status"
 MAX_BODY = 4 * 1024 * 1024
-CPU_LIMIT_ENV = {
-    "name": "CPU_LIMIT",
-    "valueFrom": {
-        "resourceFieldRef": {"containerName": "web", "resource": "limits.cpu", "divisor": "1"}
-    },
-}
+CPU_LIMIT_ENV = cpu_limit_env("web")
 # The patch for `gunicorn_pod()` (cpu "2", no annotations), op by op.
 GUNICORN_PATCH = [
     {
@@ -109,11 +104,6 @@ def client(server: WebhookServer) -> Iterator[Client]:
     print(f"--- webhook server log during this test ---\n{server.log(start)}")
 
 
-def sorted_ops(ops: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """Ops by path: jsonpatch emits independent ops in set order, which varies per process."""
-    return sorted(ops or [], key=lambda op: str(op["path"]))
-
-
 def metric(text: str, name: str, **labels: str) -> float:
     """The sum of the samples of `name` whose labels include `labels` (0 when there are none)."""
     total = 0.0
@@ -141,7 +131,7 @@ def assert_patched(reply: Reply, uid: str) -> None:
         "patchType": "JSONPatch",
         "auditAnnotations": {"injected": "web=2"},
     }
-    assert sorted_ops(reply.patch()) == GUNICORN_PATCH
+    assert reply.patch() == GUNICORN_PATCH
 
 
 def assert_allowed_unchanged(reply: Reply, uid: str) -> None:
@@ -454,7 +444,7 @@ def test_three_mib_review_is_accepted(client: Client) -> None:
 
     assert reply.status == 200, reply
     assert len(reply.body) < 4096  # the patch adds the status key, not the whole annotations
-    assert sorted_ops(reply.patch())[0]["path"] == "/metadata/annotations/" + STATUS.replace(
+    assert (reply.patch() or [])[0]["path"] == "/metadata/annotations/" + STATUS.replace(
         "/", "~1")
 
 
@@ -479,6 +469,15 @@ def _handshake(port: int, ctx: ssl.SSLContext, name: str = LOOPBACK) -> ssl.SSLS
     except BaseException:
         raw.close()
         raise
+
+
+def serves(port: int, ca_pem: bytes, serial: int) -> bool:
+    """A new connection that trusts only `ca_pem` gets the certificate with `serial`."""
+    try:
+        with _handshake(port, client_context(ca_pem)) as sock:
+            return peer_serial(sock) == serial
+    except (OSError, ssl.SSLError):
+        return False
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
@@ -554,7 +553,7 @@ def test_200_reviews_from_16_threads(server: WebhookServer) -> None:
         assert reply.status == 200, reply
         assert reply.response["uid"] == uid
         assert reply.response["auditAnnotations"] == {"injected": f"web={cpu}"}
-        env = {e["name"]: e.get("value") for e in sorted_ops(reply.patch())[1]["value"]}
+        env = {e["name"]: e.get("value") for e in (reply.patch() or [])[1]["value"]}
         assert env == {"WEB_CONCURRENCY": cpu, "CPU_LIMIT": None, "PYTHON_CPU_COUNT": cpu}
     assert elapsed < 60, f"200 reviews took {elapsed:.1f} s"
 
@@ -595,16 +594,11 @@ def test_metrics_count_outcomes_and_injections(client: Client) -> None:
 # --- the server's own worker count ---------------------------------------------------------------
 
 
-def workers_of(pid: int) -> list[int]:
-    """uvicorn's worker processes: the multiprocessing children that run the app."""
-    return [c for c in children(pid) if "spawn_main" in cmdline(c)]
-
-
 @pytest.mark.slow
 def test_own_worker_count_from_web_concurrency(pki: Pki, tmp_path: Path) -> None:
     with WebhookServer(pki, tmp_path / "stderr.log", env={"WEB_CONCURRENCY": "2"}) as server:
-        assert wait_until(lambda: len(workers_of(server.pid)) == 2, timeout=20)
-        assert len(workers_of(server.pid)) == 2
+        assert wait_until(lambda: len(uvicorn_workers(server.pid)) == 2, timeout=20)
+        assert len(uvicorn_workers(server.pid)) == 2
         reviews = 8
         for n in range(reviews):  # new connections, spread over both workers
             with server.client() as client:
@@ -712,16 +706,10 @@ def test_certificate_swapped_on_disk_is_served_without_a_failed_request(
             time.sleep(1)
             volume.write(new)
 
-            def serves_new() -> bool:
-                try:
-                    with _handshake(server.port, client_context(new_ca.cert_pem)) as sock:
-                        return peer_serial(sock) == new.cert.serial_number
-                except (OSError, ssl.SSLError):
-                    return False
-
             # Every worker reloads on its own: twenty new connections in a row must all see it.
-            assert wait_until(lambda: all(serves_new() for _ in range(20)), timeout=60,
-                              interval=0.2), "new certificate not served"
+            serial = new.cert.serial_number
+            assert wait_until(lambda: all(serves(server.port, new_ca.cert_pem, serial)
+                                          for _ in range(20)), timeout=60, interval=0.2)
             time.sleep(1)  # keep the load running on the new certificate too
         finally:
             for load in loads:
@@ -772,14 +760,8 @@ def test_half_written_renewal_keeps_serving_the_old_pair(tmp_path: Path) -> None
         staged.write_bytes(new.key_pem)
         os.replace(staged, pki.key_file)
 
-        def serves_new() -> bool:
-            try:
-                with _handshake(server.port, client_context(new_ca.cert_pem)) as sock:
-                    return peer_serial(sock) == new.cert.serial_number
-            except (OSError, ssl.SSLError):
-                return False
-
-        assert wait_until(serves_new, timeout=15, interval=0.2)
+        assert wait_until(lambda: serves(server.port, new_ca.cert_pem, new.cert.serial_number),
+                          timeout=15, interval=0.2)
 
 
 # --- serve --dev -----------------------------------------------------------------------------
@@ -831,15 +813,14 @@ def test_serve_dev_prints_a_curl_that_works(tmp_path: Path) -> None:
         answer = orjson.loads(done.stdout)
         assert answer["response"]["uid"] == review["request"]["uid"]
         assert answer["response"]["allowed"] is True
-        assert sorted_ops(orjson.loads(base64.b64decode(answer["response"]["patch"]))) == (
-            GUNICORN_PATCH)
+        assert orjson.loads(base64.b64decode(answer["response"]["patch"])) == GUNICORN_PATCH
 
         decode = lines.index("Decode the patch:")
         pipeline = "\n".join(lines[decode + 1 : decode + 3])
         done = subprocess.run(["bash", "-c", pipeline], capture_output=True, text=True,
                               timeout=30, check=False)
         assert done.returncode == 0, done
-        assert sorted_ops(orjson.loads(done.stdout)) == GUNICORN_PATCH
+        assert orjson.loads(done.stdout) == GUNICORN_PATCH
     finally:
         stop_group(proc)
         print(f"--- serve --dev stdout ---\n{out.read_text()}\n--- stderr ---\n{err.read_text()}")
