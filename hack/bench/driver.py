@@ -9,10 +9,13 @@ certificate and its answer. Outputs go to results/ (see report.py). Run it with 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import bodies
 import checks
@@ -34,6 +37,7 @@ import report
 from webhook.certs import build_ca, build_leaf
 
 Obj = dict[str, Any]
+T = TypeVar("T")
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent.parent
@@ -46,7 +50,7 @@ WRK_GRACE_SECONDS = 60.0
 LONG_RUN_REVIEWS = 100_000
 LONG_RUN_MAX_SECONDS = 300
 LONG_RUN_SERVERS = ("webhook", "floor")
-LONG_RUN_BODY = "target-16k"
+LONG_RUN_BODY = "target-4k"
 PROFILE_BODY = "target-4k"
 PROFILE_CONCURRENCY = 16
 PROFILE_TOP = 25
@@ -202,14 +206,29 @@ def start_and_wait(name: str, workspace: Workspace) -> tuple[procs.Group, int, f
 
 def run_wrk(*, port: int, body_file: Path, concurrency: int, duration_s: int, log: Path,
             stop_after: int = 0) -> Obj:
-    """One wrk run (one thread, pinned to the load CPU); the parsed BENCH_JSON line."""
+    """One wrk run (one thread, pinned to the load CPU); the parsed BENCH_JSON line.
+
+    With `stop_after`, the run ends after that many responses (or `duration_s`, whichever is
+    first): the script marks it with a file, and SIGINT makes wrk stop and report.
+    """
+    done_file = log.with_suffix(".done")
+    done_file.unlink(missing_ok=True)
     argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration_s}s", "--timeout", "10s",
             "--latency", "-s", str(BENCH / "post.lua"), f"https://127.0.0.1:{port}/mutate",
-            "--", str(body_file), str(stop_after)]
+            "--", str(body_file)]
+    if stop_after:
+        argv += [str(stop_after), str(done_file)]
     log.unlink(missing_ok=True)
     with procs.Group(argv, cpu=LOAD_CPU, log=log) as wrk:
         assert wrk.proc is not None
-        wrk.proc.wait(timeout=duration_s + WRK_GRACE_SECONDS)
+        deadline = time.monotonic() + duration_s + WRK_GRACE_SECONDS
+        while wrk.proc.poll() is None and time.monotonic() < deadline:
+            if done_file.exists():
+                wrk.proc.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.1)
+        wrk.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    done_file.unlink(missing_ok=True)
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("BENCH_JSON "):
             parsed: Obj = json.loads(line.removeprefix("BENCH_JSON "))
@@ -246,8 +265,19 @@ def measured_run(server: str, body: str, concurrency: int, *, group: procs.Group
     return row
 
 
-def bench_server(name: str, plan: Plan, workspace: Workspace, results: Obj) -> None:
-    """Cold starts, then every body at every concurrency on the last started process."""
+@dataclass
+class Running:
+    """A started server the load runs go to."""
+
+    group: procs.Group
+    port: int
+
+
+def start_server(name: str, plan: Plan, workspace: Workspace, results: Obj) -> Running:
+    """Cold starts (the last process is kept), then the certificate and all four answers checked.
+
+    The caller owns the returned server's process group.
+    """
     cold: list[float] = []
     for attempt in range(plan.cold_starts):
         group, port, elapsed = start_and_wait(name, workspace)
@@ -257,18 +287,48 @@ def bench_server(name: str, plan: Plan, workspace: Workspace, results: Obj) -> N
     results["cold_start"][name] = {"median_s": statistics.median(cold), "runs_s": cold}
     print(f"{name}: cold start {statistics.median(cold):.2f} s "
           f"({', '.join(f'{c:.2f}' for c in cold)})", flush=True)
-    with group:
+    try:
         checks.check_wrong_name_rejected(checks.client_context(workspace.ca_file), port=port,
                                          body=workspace.body_bytes["target-4k"])
         for body in bodies.all_bodies():  # all four answers are checked, even where not loaded
             verified_review(name, body, port=port, workspace=workspace)
+    except BaseException:
+        group.stop()
+        raise
+    return Running(group, port)
+
+
+def bench_servers(plan: Plan, workspace: Workspace, results: Obj, failures: list[str]) -> None:
+    """All servers up at once (idle ones cost nothing), the runs interleaved server by server.
+
+    On a shared machine the load from elsewhere changes over minutes; taking each server's run
+    right after the floor's, for the same body and concurrency, keeps the ratios honest.
+    """
+    running: dict[str, Running] = {}
+    with contextlib.ExitStack() as cleanup:
+        for name in plan.servers:
+            server = guarded(f"{name} start", failures,
+                             functools.partial(start_server, name, plan, workspace, results))
+            if server is not None:
+                running[name] = server
+                cleanup.callback(server.group.stop)
         for body in plan.bodies:
-            if plan.warmup_s:
-                run_wrk(port=port, body_file=workspace.body_files[body], concurrency=16,
-                        duration_s=plan.warmup_s, log=workspace.logs / f"wrk-{name}-warmup.txt")
+            for name, server in list(running.items()):
+                if plan.warmup_s and guarded(
+                        f"{name} warm-up {body}", failures, functools.partial(
+                            run_wrk, port=server.port, body_file=workspace.body_files[body],
+                            concurrency=16, duration_s=plan.warmup_s,
+                            log=workspace.logs / f"wrk-{name}-warmup.txt")) is None:
+                    del running[name]
             for concurrency in plan.concurrency:
-                results["runs"].append(measured_run(name, body, concurrency, group=group,
-                                                    port=port, plan=plan, workspace=workspace))
+                for name, server in list(running.items()):
+                    row = guarded(f"{name} {body} c={concurrency}", failures, functools.partial(
+                        measured_run, name, body, concurrency, group=server.group,
+                        port=server.port, plan=plan, workspace=workspace))
+                    if row is None:
+                        del running[name]  # one failure is enough: no cascade of them
+                    else:
+                        results["runs"].append(row)
 
 
 def long_run(name: str, workspace: Workspace) -> Obj:
@@ -384,7 +444,10 @@ def notes(plan: Plan) -> list[str]:
         "endpoint in the peer's process, used by that peer only.",
         "flask: Flask on gunicorn, one sync worker, `request.get_json()` + `jsonify`. Gunicorn's "
         "sync worker does not keep connections alive, so every request also pays a TLS "
-        "handshake, as it would for kube-apiserver; with c>1 the other connections queue.",
+        "handshake, as it would for kube-apiserver; with c>1 the other connections queue. wrk "
+        "times a request from when it is written, after its connection's TCP and TLS handshake, "
+        "so the wait for the single worker to accept is missing: Flask's latencies are "
+        "understated (its throughput is not).",
         f"Long run: a fresh process per server, {LONG_RUN_REVIEWS:,} reviews of "
         f"{LONG_RUN_BODY} at c=16; only for {', '.join(LONG_RUN_SERVERS)}."
         if plan.long_run else "No long run (smoke mode).",
@@ -426,14 +489,15 @@ def parse_args(argv: list[str] | None) -> Plan:
     return plan
 
 
-def guarded(step: str, failures: list[str], fn: Callable[[], None]) -> None:
-    """Run one step; a server failure is recorded and the bench goes on with the next."""
+def guarded(step: str, failures: list[str], fn: Callable[[], T]) -> T | None:
+    """Run one step; a server failure is recorded (None) and the bench goes on."""
     try:
-        fn()
+        return fn()
     except (ServerFailed, checks.CheckError, OSError, subprocess.SubprocessError) as exc:
         message = f"{step}: {exc}"
         failures.append(message)
         print(f"FAILED {message}", file=sys.stderr, flush=True)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -460,20 +524,18 @@ def main(argv: list[str] | None = None) -> int:
     print("bodies: " + ", ".join(f"{n} {s:,} B" for n, s in results["body_sizes"].items()))
     failures: list[str] = results["failures"]
     try:
-        for name in plan.servers:
-            guarded(name, failures, lambda name=name: bench_server(name, plan, workspace, results))
-        if plan.long_run:
-            for name in (s for s in LONG_RUN_SERVERS if s in plan.servers):
-                def one(name: str = name) -> None:
-                    results["long_run"][name] = long_run(name, workspace)
-                guarded(f"{name} long run", failures, one)
+        bench_servers(plan, workspace, results, failures)
+        for name in LONG_RUN_SERVERS if plan.long_run else ():
+            if name in plan.servers:
+                outcome = guarded(f"{name} long run", failures,
+                                  functools.partial(long_run, name, workspace))
+                results["long_run"][name] = outcome or {"failed": True}
         missed = any(t["met"] is False for t in report.evaluate_targets(results))
         if "webhook" in plan.servers and (
                 plan.profile == "always" or (plan.profile == "auto" and missed)):
-            def prof() -> None:
-                results["profile"] = profile("webhook", plan, workspace)
-                print(results["profile"], flush=True)
-            guarded("webhook profile", failures, prof)
+            results["profile"] = guarded("webhook profile", failures,
+                                         functools.partial(profile, "webhook", plan, workspace))
+            print(results["profile"], flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report.write_all(results, plan.out)

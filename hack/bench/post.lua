@@ -1,7 +1,9 @@
 -- wrk script: POST one AdmissionReview body over and over, the way kube-apiserver calls a
 -- webhook, and print the result as one JSON line. Usage:
---   wrk ... -s post.lua URL -- BODY_FILE [STOP_AFTER]
--- STOP_AFTER (optional) stops each thread after that many responses (the 100k-review run).
+--   wrk ... -s post.lua URL -- BODY_FILE [STOP_AFTER DONE_FILE]
+-- STOP_AFTER (optional, the 100k-review run): after that many responses a thread stops and
+-- creates DONE_FILE; wrk itself runs out its duration unless told to stop (SIGINT), which the
+-- driver does once DONE_FILE exists.
 -- wrk counts only statuses >= 400 as errors; response() below counts every non-2xx.
 
 local threads = {}
@@ -15,6 +17,7 @@ function init(args)
   local body = file:read("*a")
   file:close()
   stop_after = tonumber(args[2] or "0")
+  done_file = args[3]
   responses = 0
   non2xx = 0
   req = wrk.format("POST", "/mutate?timeout=10s",
@@ -30,7 +33,10 @@ function response(status, headers, body)
   if status < 200 or status > 299 then
     non2xx = non2xx + 1
   end
-  if stop_after > 0 and responses >= stop_after then
+  if stop_after > 0 and responses == stop_after then
+    if done_file then
+      assert(io.open(done_file, "w")):close()
+    end
     wrk.thread:stop()
   end
 end
