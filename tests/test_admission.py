@@ -141,8 +141,15 @@ def test_malformed_reviews_name_the_problem(body: bytes, message: str) -> None:
             {"metadata": {"annotations": ["x"]}, "spec": {"containers": [{"name": "w"}]}},
             "pod metadata.annotations is not an object",
         ),
+        ({"spec": {"containers": [{"name": "w", "env": ["A=1"]}]}}, r"spec.containers\[0\].env has items that are not objects"),
+        ({"spec": {"containers": [{"name": "w", "env": [{"value": "1"}]}]}}, "env has an entry without a name"),
+        ({"spec": {"containers": [{"name": "w", "command": ["gunicorn", 4]}]}}, "command has items that are not strings"),
+        ({"spec": {"containers": [{"name": "w", "resources": {"limits": "2"}}]}}, "resources is not an object of limits and requests"),
+        ({"spec": {"containers": [{"name": "w"}], "initContainers": {"name": "i"}}}, "spec.initContainers is not a list"),
+        ({"spec": {"containers": [{"name": "w"}], "resources": "2"}}, "pod spec.resources is not an object"),
     ],
-    ids=["no-spec", "containers-string", "no-name", "env-dict", "annotations-list"],
+    ids=["no-spec", "containers-string", "no-name", "env-dict", "annotations-list", "env-strings",
+         "env-no-name", "command-number", "limits-string", "init-dict", "pod-resources"],
 )
 def test_malformed_pods_are_review_errors(obj: dict[str, Any], message: str) -> None:
     with pytest.raises(ReviewError, match=message):

@@ -166,6 +166,22 @@ def test_pod_policy_annotations_override_and_bad_ones_warn() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("workers-per-cpu", "1e400"), ("workers-per-cpu", "101"), ("max-workers", "5000"),
+     ("min-workers", "0"), ("memory-per-worker", "0")],
+    ids=["huge-per-cpu", "per-cpu-over-bound", "max-over-bound", "min-zero", "memory-zero"],
+)
+def test_out_of_bounds_annotations_are_ignored_with_a_warning(key: str, value: str) -> None:
+    pol, warnings = pod_policy(Settings(), {f"concurrency-injector.io/{key}": value})
+    assert pol == WorkerPolicy(Decimal(1), 1, None, None, "floor")
+    assert warnings == [f"concurrency-injector.io/{key}={value!r} is not valid; using the default"]
+
+
+def test_worker_count_is_bounded_whatever_the_limit() -> None:
+    assert worker_count(Decimal(10**9), policy("100")).count == 4096
+
+
 def test_pod_policy_min_above_max_uses_max() -> None:
     pol, warnings = pod_policy(
         Settings(),

@@ -48,7 +48,6 @@ from tests.servers import (
     uvicorn_workers,
     wait_until,
 )
-from webhook.admission import FAIL_OPEN_WARNING
 from webhook.certs import KeyPair, build_ca, build_leaf
 
 STATUS = "concurrency-injector.io/status"
@@ -305,23 +304,22 @@ def test_allowed_unchanged(client: Client, review: dict[str, Any]) -> None:
     assert_allowed_unchanged(reply, review["request"]["uid"])
 
 
-def test_internal_error_fails_open(client: Client) -> None:
-    """A pod the decision chokes on (env entries that are not objects) is admitted unchanged."""
+def test_env_items_that_are_not_objects_are_bad_input(client: Client) -> None:
+    """A pod no API server would send is the caller's fault (400), not an internal error.
+
+    Internal errors failing open are shown in test_app.py, with a fault injected at the edge.
+    """
     pod = gunicorn_pod()
     pod["spec"]["containers"][0]["env"] = ["WEB_CONCURRENCY=3"]
     before = metrics_text(client)
 
-    reply = client.review(admission_review(pod, uid="u-fail-open"))
+    reply = client.review(admission_review(pod, uid="u-bad-env"))
 
-    assert reply.status == 200, reply
-    assert reply.response == {"uid": "u-fail-open", "allowed": True,
-                              "warnings": [FAIL_OPEN_WARNING]}
+    assert reply.status == 400, reply
+    assert reply.json() == {"error": "spec.containers[0].env has items that are not objects"}
     after = metrics_text(client)
     errors = "concurrency_injector_errors_total"
-    requests = "concurrency_injector_requests_total"
-    assert metric(after, errors, stage="mutate") == metric(before, errors, stage="mutate") + 1
-    assert metric(after, requests, outcome="error") == metric(before, requests,
-                                                              outcome="error") + 1
+    assert metric(after, errors, stage="mutate") == metric(before, errors, stage="mutate")
 
 
 # --- bad input: 4xx with a JSON error, and the server keeps serving -------------------------

@@ -78,20 +78,46 @@ def check_pod(pod: Obj) -> None:
         raise ReviewError("pod has no spec object")
     if not isinstance(spec.get("containers"), list) or not spec["containers"]:
         raise ReviewError("pod spec.containers is missing or empty")
+    if not isinstance(spec.get("initContainers") or [], list):
+        raise ReviewError("pod spec.initContainers is not a list")
+    if not isinstance(spec.get("resources") or {}, dict):
+        raise ReviewError("pod spec.resources is not an object")
     for field_name in ("containers", "initContainers"):
         for i, container in enumerate(spec.get(field_name) or []):
-            if not isinstance(container, dict) or not isinstance(container.get("name"), str):
-                raise ReviewError(f"spec.{field_name}[{i}] is not a container with a name")
-            for list_field in ("command", "args", "env", "envFrom", "resizePolicy"):
-                if list_field in container and not isinstance(container[list_field], list | None):
-                    raise ReviewError(f"spec.{field_name}[{i}].{list_field} is not a list")
-            if not isinstance(container.get("resources") or {}, dict):
-                raise ReviewError(f"spec.{field_name}[{i}].resources is not an object")
+            _check_container(container, f"spec.{field_name}[{i}]")
     metadata = pod.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise ReviewError("pod metadata is not an object")
     if not isinstance((metadata or {}).get("annotations") or {}, dict):
         raise ReviewError("pod metadata.annotations is not an object")
+
+
+def _check_container(container: Any, where: str) -> None:
+    """The container fields the webhook reads have the types the Pod schema gives them."""
+    if not isinstance(container, dict) or not isinstance(container.get("name"), str):
+        raise ReviewError(f"{where} is not a container with a name")
+    for name, item_type in (
+        ("command", str),
+        ("args", str),
+        ("env", dict),
+        ("envFrom", dict),
+        ("resizePolicy", dict),
+    ):
+        items = container.get(name)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise ReviewError(f"{where}.{name} is not a list")
+        if not all(isinstance(item, item_type) for item in items):
+            kind = "strings" if item_type is str else "objects"
+            raise ReviewError(f"{where}.{name} has items that are not {kind}")
+    if not all(isinstance(e.get("name"), str) for e in container.get("env") or []):
+        raise ReviewError(f"{where}.env has an entry without a name")
+    resources = container.get("resources") or {}
+    if not isinstance(resources, dict) or not all(
+        isinstance(resources.get(k) or {}, dict) for k in ("limits", "requests")
+    ):
+        raise ReviewError(f"{where}.resources is not an object of limits and requests")
 
 
 def pod_of(review: AdmissionReview) -> Obj:

@@ -26,14 +26,16 @@ def decision_key(
 ) -> bytes:
     """Everything `decide` reads from its inputs, serialised (settings are fixed per process)."""
     spec = pod.get("spec") or {}
-    return orjson.dumps([
-        (pod.get("metadata") or {}).get("annotations"),
-        spec.get("containers"),
-        spec.get("initContainers"),
-        spec.get("resources"),
-        images or None,
-        {name: sorted(keys) for name, keys in configmaps.items()} or None,
-    ])
+    return orjson.dumps(
+        [
+            (pod.get("metadata") or {}).get("annotations"),
+            spec.get("containers"),
+            spec.get("initContainers"),
+            spec.get("resources"),
+            images or None,
+            {name: sorted(keys) for name, keys in configmaps.items()} or None,
+        ]
+    )
 
 
 class DecisionCache:

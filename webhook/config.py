@@ -24,6 +24,9 @@ MODES: tuple[Mode, ...] = ("enforce", "audit")
 ROUNDINGS: tuple[Rounding, ...] = ("floor", "ceil", "round")
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text", "auto")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Past these a value is a typo, not a plan (pod annotations are held to them too).
+MAX_WORKERS_PER_CPU = 100
+MAX_WORKER_COUNT = 4096
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off", "")
 
@@ -134,13 +137,13 @@ def _choice(choices: tuple[T, ...]) -> Callable[[str], T]:
     return parse
 
 
-def _positive_decimal(raw: str) -> Decimal:
+def _workers_per_cpu(raw: str) -> Decimal:
     try:
         value = Decimal(raw)
     except InvalidOperation:
         raise ValueError("expected a number") from None
-    if not value.is_finite() or value <= 0:
-        raise ValueError("expected a number above 0")
+    if not value.is_finite() or not 0 < value <= MAX_WORKERS_PER_CPU:
+        raise ValueError(f"expected a number above 0 and at most {MAX_WORKERS_PER_CPU}")
     return value
 
 
@@ -151,11 +154,18 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _worker_count(raw: str) -> int:
+    value = _positive_int(raw)
+    if value > MAX_WORKER_COUNT:
+        raise ValueError(f"expected at most {MAX_WORKER_COUNT}")
+    return value
+
+
 def _max_workers(raw: str) -> int | None:
     """0 or empty means no maximum."""
     if raw in ("", "0"):
         return None
-    return _positive_int(raw)
+    return _worker_count(raw)
 
 
 def _quantity_or_none(raw: str) -> Decimal | None:
@@ -188,8 +198,8 @@ def _hosts(raw: str) -> tuple[str, ...]:
 _PARSERS: dict[str, Callable[[str], object]] = {
     "mode": _choice(MODES),
     "rounding": _choice(ROUNDINGS),
-    "workers_per_cpu": _positive_decimal,
-    "min_workers": _positive_int,
+    "workers_per_cpu": _workers_per_cpu,
+    "min_workers": _worker_count,
     "max_workers": _max_workers,
     "memory_per_worker": _quantity_or_none,
     "resize_restart": _bool,

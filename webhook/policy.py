@@ -12,7 +12,7 @@ from typing import Any, Literal
 from kubernetes.utils import parse_quantity
 
 from webhook import keys
-from webhook.config import Rounding, Settings
+from webhook.config import MAX_WORKER_COUNT, MAX_WORKERS_PER_CPU, Rounding, Settings
 from webhook.detection import ServerCommand
 from webhook.types import Obj
 
@@ -94,14 +94,14 @@ def pod_policy(
 
 def _positive_decimal(raw: str) -> Decimal:
     value = Decimal(raw)
-    if not value.is_finite() or value <= 0:
+    if not value.is_finite() or not 0 < value <= MAX_WORKERS_PER_CPU:
         raise ValueError(raw)
     return value
 
 
 def _positive_int(raw: str) -> int:
     value = int(raw)
-    if value < 1:
+    if not 1 <= value <= MAX_WORKER_COUNT:
         raise ValueError(raw)
     return value
 
@@ -181,7 +181,7 @@ def memory_limit(container: Obj) -> Decimal | None:
 def worker_count(cpu: Decimal, policy: WorkerPolicy, *, memory: Decimal | None = None) -> Workers:
     """clamp(round(cpu x workers-per-cpu), min, max), then the memory guard; never below 1."""
     raw = (cpu * policy.workers_per_cpu).to_integral_value(rounding=ROUNDING_MODES[policy.rounding])
-    count = max(int(raw), policy.min_workers, 1)
+    count = min(max(int(raw), policy.min_workers, 1), MAX_WORKER_COUNT)
     if policy.max_workers is not None:
         count = min(count, policy.max_workers)
     if policy.memory_per_worker is not None and memory is not None:

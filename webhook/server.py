@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -51,11 +52,11 @@ def serve(settings: Settings, environ: MutableMapping[str, str] | None = None) -
         return 2
     if settings.tls_self_managed:
         prepare_self_managed(settings)
+    metrics_dir = None
     if workers > 1 and not environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker is its own process: share metrics so one scrape sees them all.
-        environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
-            prefix="concurrency-injector-metrics-"
-        )
+        metrics_dir = tempfile.mkdtemp(prefix="concurrency-injector-metrics-")
+        environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     log.info(
         "serving",
         extra={
@@ -65,13 +66,22 @@ def serve(settings: Settings, environ: MutableMapping[str, str] | None = None) -
             "mode": settings.mode,
         },
     )
+    try:
+        _run(settings, settings.cert_file, settings.key_file, workers=workers)
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _run(settings: Settings, cert_file: str, key_file: str, *, workers: int) -> None:
     uvicorn.run(
         "webhook.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=workers,
-        ssl_context_factory=tls.ReloadingContext(settings.cert_file, settings.key_file),
+        ssl_context_factory=tls.ReloadingContext(cert_file, key_file),
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         log_config=None,
@@ -80,7 +90,6 @@ def serve(settings: Settings, environ: MutableMapping[str, str] | None = None) -
         proxy_headers=False,
         lifespan="on",
     )
-    return 0
 
 
 def prepare_self_managed(settings: Settings) -> None:
