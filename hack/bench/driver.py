@@ -52,6 +52,7 @@ LONG_RUN_MAX_SECONDS = 300
 LONG_RUN_SERVERS = ("webhook", "floor")
 LONG_RUN_BODY = "target-4k"
 PROFILE_BODY = "target-4k"
+PROFILED = ("webhook", "floor")
 PROFILE_CONCURRENCY = 16
 PROFILE_TOP = 25
 PROFILE_RATE = 100
@@ -66,6 +67,7 @@ class Plan:
     bodies: tuple[str, ...]
     concurrency: tuple[int, ...]
     duration_s: int
+    repeats: int
     warmup_s: int
     cold_starts: int
     long_run: bool
@@ -238,7 +240,7 @@ def run_wrk(*, port: int, body_file: Path, concurrency: int, duration_s: int, lo
 
 def measured_run(server: str, body: str, concurrency: int, *, group: procs.Group, port: int,
                  plan: Plan, workspace: Workspace) -> Obj:
-    """Check, load, measure: one row of the table."""
+    """Check, load, measure: one repeat of one cell of the table."""
     check = verified_review(server, body, port=port, workspace=workspace)
     cpu_before = procs.cpu_seconds(group.pid)
     wrk = run_wrk(port=port, body_file=workspace.body_files[body], concurrency=concurrency,
@@ -246,22 +248,39 @@ def measured_run(server: str, body: str, concurrency: int, *, group: procs.Group
                   log=workspace.logs / f"wrk-{server}-{body}-c{concurrency}.txt")
     cpu = procs.cpu_seconds(group.pid) - cpu_before
     rss_total, rss_worker = procs.tree_rss_mb(group.pid)
-    requests = wrk["requests"]
     errors = {key: wrk[key] for key in ("non2xx", "connect", "read", "write", "timeout")}
-    row = {
-        "server": server, "body": body, "concurrency": concurrency,
-        "requests": requests,
-        "rps": requests / (wrk["duration_us"] / 1e6),
+    return {
+        "requests": wrk["requests"], "rps": wrk["requests"] / (wrk["duration_us"] / 1e6),
         "p50_ms": wrk["p50_us"] / 1000, "p90_ms": wrk["p90_us"] / 1000,
         "p99_ms": wrk["p99_us"] / 1000, "max_ms": wrk["max_us"] / 1000,
-        "errors": sum(errors.values()), "error_detail": errors,
-        "rss_mb": rss_total, "rss_worker_mb": rss_worker,
-        "cpu_us_per_request": cpu / requests * 1e6 if requests else 0.0,
+        "errors": errors, "cpu_s": cpu, "rss_mb": rss_total, "rss_worker_mb": rss_worker,
         "check": check,
+    }
+
+
+def combine(server: str, body: str, concurrency: int, repeats: list[Obj]) -> Obj:
+    """One row of the table from a cell's repeats: medians of the rates and percentiles, the
+    worst max, all errors, CPU over all requests, and RSS after the last repeat."""
+    requests = sum(r["requests"] for r in repeats)
+    errors = Counter[str]()
+    for r in repeats:
+        errors.update(r["errors"])
+    row = {
+        "server": server, "body": body, "concurrency": concurrency,
+        "requests": requests, "repeats": len(repeats),
+        **{key: statistics.median(r[key] for r in repeats)
+           for key in ("rps", "p50_ms", "p90_ms", "p99_ms")},
+        "max_ms": max(r["max_ms"] for r in repeats),
+        "errors": sum(errors.values()), "error_detail": dict(errors),
+        "rss_mb": repeats[-1]["rss_mb"], "rss_worker_mb": repeats[-1]["rss_worker_mb"],
+        "cpu_us_per_request": sum(r["cpu_s"] for r in repeats) / requests * 1e6
+        if requests else 0.0,
+        "each": [{k: r[k] for k in ("rps", "p50_ms", "p99_ms", "max_ms")} for r in repeats],
+        "check": repeats[-1]["check"],
     }
     print(f"  {server:8} {body:14} c={concurrency:<3} {row['rps']:9,.0f} req/s  "
           f"p50 {row['p50_ms']:7.2f}  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}  "
-          f"RSS {rss_total:6.1f} MB  CPU {row['cpu_us_per_request']:6.0f} µs/req", flush=True)
+          f"RSS {row['rss_mb']:6.1f} MB  CPU {row['cpu_us_per_request']:6.0f} µs/req", flush=True)
     return row
 
 
@@ -321,14 +340,21 @@ def bench_servers(plan: Plan, workspace: Workspace, results: Obj, failures: list
                             log=workspace.logs / f"wrk-{name}-warmup.txt")) is None:
                     del running[name]
             for concurrency in plan.concurrency:
-                for name, server in list(running.items()):
-                    row = guarded(f"{name} {body} c={concurrency}", failures, functools.partial(
-                        measured_run, name, body, concurrency, group=server.group,
-                        port=server.port, plan=plan, workspace=workspace))
-                    if row is None:
-                        del running[name]  # one failure is enough: no cascade of them
-                    else:
-                        results["runs"].append(row)
+                cell: dict[str, list[Obj]] = {name: [] for name in running}
+                for _ in range(plan.repeats):
+                    for name, server in list(running.items()):
+                        row = guarded(f"{name} {body} c={concurrency}", failures,
+                                      functools.partial(
+                                          measured_run, name, body, concurrency,
+                                          group=server.group, port=server.port, plan=plan,
+                                          workspace=workspace))
+                        if row is None:
+                            del running[name]  # one failure is enough: no cascade of them
+                        else:
+                            cell[name].append(row)
+                for name, repeats in cell.items():
+                    if name in running and repeats:
+                        results["runs"].append(combine(name, body, concurrency, repeats))
 
 
 def long_run(name: str, workspace: Workspace) -> Obj:
@@ -383,7 +409,7 @@ def summarize_profile(raw: Path, top: int = PROFILE_TOP) -> str:
 
 
 def profile(name: str, plan: Plan, workspace: Workspace) -> str:
-    """py-spy on the server under load (target-4k, c=16): the top of the profile."""
+    """py-spy on a server under load (target-4k, c=16): the top of its profile."""
     py_spy = shutil.which("py-spy")
     if not py_spy:
         return "py-spy is not installed (hack/bench/install.sh installs it): no profile"
@@ -463,10 +489,13 @@ def parse_args(argv: list[str] | None) -> Plan:
                              "server that does not start or answers wrongly")
     parser.add_argument("--servers", default=",".join(SERVERS),
                         help=f"comma-separated subset of {','.join(SERVERS)}")
-    parser.add_argument("--duration", type=int, help="seconds per load run (full: 5, smoke: 1)")
+    parser.add_argument("--duration", type=int, help="seconds per load run (full: 2, smoke: 1)")
+    parser.add_argument("--repeats", type=int,
+                        help="load runs per cell, interleaved across servers; the table shows "
+                             "their medians (full: 3; smoke: 1)")
     parser.add_argument("--profile", choices=("never", "auto", "always"), default="auto",
-                        help="py-spy profile of the webhook under load (auto: when a target "
-                             "is missed, full mode only)")
+                        help="py-spy profiles of the webhook and the floor under load (auto: "
+                             "when a webhook target is missed, full mode only)")
     parser.add_argument("--out", type=Path, help="results folder (full: hack/bench/results, "
                                                  "smoke: hack/bench/results/smoke)")
     args = parser.parse_args(argv)
@@ -476,14 +505,18 @@ def parse_args(argv: list[str] | None) -> Plan:
         parser.error(f"--servers: unknown {sorted(unknown)}; choose from {','.join(SERVERS)}")
     if args.duration is not None and args.duration < 1:
         parser.error("--duration: at least 1 second")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats: at least 1")
     if args.smoke:
         plan = Plan(mode="smoke", servers=servers, bodies=("target-4k",), concurrency=(1, 16),
-                    duration_s=args.duration or 1, warmup_s=0, cold_starts=1, long_run=False,
+                    duration_s=args.duration or 1, repeats=args.repeats or 1, warmup_s=0,
+                    cold_starts=1, long_run=False,
                     profile="always" if args.profile == "always" else "never",
                     out=args.out or BENCH / "results" / "smoke")
     else:
         plan = Plan(mode="full", servers=servers, bodies=tuple(bodies.all_bodies()),
-                    concurrency=(1, 16, 64), duration_s=args.duration or 5, warmup_s=1,
+                    concurrency=(1, 16, 64), duration_s=args.duration or 2,
+                    repeats=args.repeats or 3, warmup_s=1,
                     cold_starts=3, long_run=True, profile=args.profile,
                     out=args.out or BENCH / "results")
     return plan
@@ -513,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": "hack/bench/run.sh " + " ".join(sys.argv[1:] if argv is None else argv),
             "cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "versions": versions(), "wrk": wrk_version(),
-            "duration_s": plan.duration_s, "warmup_s": plan.warmup_s,
+            "duration_s": plan.duration_s, "repeats": plan.repeats, "warmup_s": plan.warmup_s,
             "concurrency": list(plan.concurrency), "servers": list(plan.servers),
             "long_run_reviews": LONG_RUN_REVIEWS, "notes": notes(plan),
         },
@@ -533,8 +566,11 @@ def main(argv: list[str] | None = None) -> int:
         missed = any(t["met"] is False for t in report.evaluate_targets(results))
         if "webhook" in plan.servers and (
                 plan.profile == "always" or (plan.profile == "auto" and missed)):
-            results["profile"] = guarded("webhook profile", failures,
-                                         functools.partial(profile, "webhook", plan, workspace))
+            # The floor's profile next to the webhook's shows which costs are the stack's own.
+            profiles = [guarded(f"{name} profile", failures,
+                                functools.partial(profile, name, plan, workspace))
+                        for name in PROFILED if name in plan.servers]
+            results["profile"] = "\n\n".join(p for p in profiles if p)
             print(results["profile"], flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -88,8 +88,11 @@ def markdown(results: Obj) -> str:
         f"Machine: {meta['cpu']}, {meta['cpus']} CPUs; Python {meta['python']}; "
         f"{meta['versions']}.",
         f"Each server: one worker over TLS on CPU 0; wrk ({meta['wrk']}) on CPU 1, one thread, "
-        f"HTTP/1.1 keep-alive, `POST /mutate?timeout=10s`, {meta['duration_s']} s per run"
-        f"{', after a warm-up' if meta['warmup_s'] else ''}. Before each run one CA-verified "
+        f"HTTP/1.1 keep-alive, `POST /mutate?timeout=10s`. Each cell: {meta['repeats']} "
+        f"run(s) of {meta['duration_s']} s, interleaved across the servers, and the table "
+        f"shows their medians (max: the worst){'; a warm-up per body' if meta['warmup_s'] else ''}"
+        ". All servers stay up for the whole run (idle ones cost nothing). Before each run one "
+        "CA-verified "
         "request (Python ssl, test CA, hostname checked) checks the certificate and the answer; "
         "**wrk itself does not verify the certificate chain**.",
         "",
