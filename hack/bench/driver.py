@@ -54,7 +54,7 @@ LONG_RUN_BODY = "target-4k"
 PROFILE_BODY = "target-4k"
 PROFILED = ("webhook", "floor")
 PROFILE_CONCURRENCY = 16
-PROFILE_TOP = 25
+PROFILE_TOP = 15
 PROFILE_RATE = 100
 
 
