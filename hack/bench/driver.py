@@ -48,14 +48,34 @@ START_TIMEOUT_SECONDS = 60.0
 POLL_SECONDS = 0.02
 WRK_GRACE_SECONDS = 60.0
 LONG_RUN_REVIEWS = 100_000
-LONG_RUN_MAX_SECONDS = 300
+LONG_RUN_MAX_SECONDS = 45
 LONG_RUN_SERVERS = ("webhook", "floor")
 LONG_RUN_CONCURRENCY = 16
 PROFILE_BODY = "target-4k"
-PROFILED = ("webhook", "floor")
+# The webhook on the same pod (what a scale-up sends) and on distinct pods (no two alike), and
+# the floor, whose profile shows which costs are the stack's own.
+PROFILED = (("webhook", False), ("webhook", True), ("floor", False))
 PROFILE_CONCURRENCY = 16
 PROFILE_TOP = 15
 PROFILE_RATE = 100
+
+
+@dataclass(frozen=True)
+class Load:
+    """One kind of traffic: a body, sent as is or as distinct pods, at some concurrency levels.
+
+    The same pod over and over is what a Deployment's scale-up sends, and what a server that
+    remembers decisions answers from memory; distinct pods (post.lua rewrites an annotation per
+    request) make every review a new one, as reviews from many workloads are.
+    """
+
+    body: str
+    distinct: bool
+    concurrency: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.body} distinct" if self.distinct else self.body
 
 
 @dataclass(frozen=True)
@@ -64,8 +84,7 @@ class Plan:
 
     mode: str
     servers: tuple[str, ...]
-    bodies: tuple[str, ...]
-    concurrency: tuple[int, ...]
+    loads: tuple[Load, ...]
     duration_s: int
     repeats: int
     warmup_s: int
@@ -207,7 +226,7 @@ def start_and_wait(name: str, workspace: Workspace) -> tuple[procs.Group, int, f
 
 
 def run_wrk(*, port: int, body_file: Path, concurrency: int, duration_s: int, log: Path,
-            stop_after: int = 0) -> Obj:
+            distinct: bool = False, stop_after: int = 0) -> Obj:
     """One wrk run (one thread, pinned to the load CPU); the parsed BENCH_JSON line.
 
     With `stop_after`, the run ends after that many responses (or `duration_s`, whichever is
@@ -217,7 +236,7 @@ def run_wrk(*, port: int, body_file: Path, concurrency: int, duration_s: int, lo
     done_file.unlink(missing_ok=True)
     argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration_s}s", "--timeout", "10s",
             "--latency", "-s", str(BENCH / "post.lua"), f"https://127.0.0.1:{port}/mutate",
-            "--", str(body_file)]
+            "--", str(body_file), "distinct" if distinct else "same"]
     if stop_after:
         argv += [str(stop_after), str(done_file)]
     log.unlink(missing_ok=True)
@@ -238,14 +257,15 @@ def run_wrk(*, port: int, body_file: Path, concurrency: int, duration_s: int, lo
     raise ServerFailed(f"wrk printed no result:\n{log_tail(log)}")
 
 
-def measured_run(server: str, body: str, concurrency: int, *, group: procs.Group, port: int,
+def measured_run(server: str, load: Load, concurrency: int, *, group: procs.Group, port: int,
                  plan: Plan, workspace: Workspace) -> Obj:
     """Check, load, measure: one repeat of one cell of the table."""
-    check = verified_review(server, body, port=port, workspace=workspace)
+    check = verified_review(server, load.body, port=port, workspace=workspace)
     cpu_before = procs.cpu_seconds(group.pid)
-    wrk = run_wrk(port=port, body_file=workspace.body_files[body], concurrency=concurrency,
-                  duration_s=plan.duration_s,
-                  log=workspace.logs / f"wrk-{server}-{body}-c{concurrency}.txt")
+    wrk = run_wrk(port=port, body_file=workspace.body_files[load.body], concurrency=concurrency,
+                  duration_s=plan.duration_s, distinct=load.distinct,
+                  log=workspace.logs / f"wrk-{server}-{load.label.replace(' ', '-')}"
+                                       f"-c{concurrency}.txt")
     cpu = procs.cpu_seconds(group.pid) - cpu_before
     rss_total, rss_worker = procs.tree_rss_mb(group.pid)
     errors = {key: wrk[key] for key in ("non2xx", "connect", "read", "write", "timeout")}
@@ -331,21 +351,21 @@ def bench_servers(plan: Plan, workspace: Workspace, results: Obj, failures: list
             if server is not None:
                 running[name] = server
                 cleanup.callback(server.group.stop)
-        for body in plan.bodies:
+        for load in plan.loads:
             for name, server in list(running.items()):
                 if plan.warmup_s and guarded(
-                        f"{name} warm-up {body}", failures, functools.partial(
-                            run_wrk, port=server.port, body_file=workspace.body_files[body],
-                            concurrency=16, duration_s=plan.warmup_s,
+                        f"{name} warm-up {load.label}", failures, functools.partial(
+                            run_wrk, port=server.port, body_file=workspace.body_files[load.body],
+                            concurrency=16, duration_s=plan.warmup_s, distinct=load.distinct,
                             log=workspace.logs / f"wrk-{name}-warmup.txt")) is None:
                     del running[name]
-            for concurrency in plan.concurrency:
+            for concurrency in load.concurrency:
                 cell: dict[str, list[Obj]] = {name: [] for name in running}
                 for _ in range(plan.repeats):
                     for name, server in list(running.items()):
-                        row = guarded(f"{name} {body} c={concurrency}", failures,
+                        row = guarded(f"{name} {load.label} c={concurrency}", failures,
                                       functools.partial(
-                                          measured_run, name, body, concurrency,
+                                          measured_run, name, load, concurrency,
                                           group=server.group, port=server.port, plan=plan,
                                           workspace=workspace))
                         if row is None:
@@ -354,23 +374,26 @@ def bench_servers(plan: Plan, workspace: Workspace, results: Obj, failures: list
                             cell[name].append(row)
                 for name, repeats in cell.items():
                     if name in running and repeats:
-                        results["runs"].append(combine(name, body, concurrency, repeats))
+                        results["runs"].append(combine(name, load.label, concurrency, repeats))
 
 
-def long_run(name: str, workspace: Workspace) -> Obj:
-    """RSS of a fresh worker before and after LONG_RUN_REVIEWS reviews, a quarter of each body,
-    at c=LONG_RUN_CONCURRENCY."""
+def long_run(name: str, plan: Plan, workspace: Workspace) -> Obj:
+    """RSS of a fresh worker before and after LONG_RUN_REVIEWS reviews, an equal share of each
+    of the plan's loads (same and distinct pods), at c=LONG_RUN_CONCURRENCY; each share is also
+    bounded in time, so a slow server may get fewer (the count is reported)."""
     group, port, _ = start_and_wait(name, workspace)
     reviews = 0
     with group:
         _, start_worker = procs.tree_rss_mb(group.pid)
-        for body, body_file in workspace.body_files.items():
-            wrk = run_wrk(port=port, body_file=body_file, concurrency=LONG_RUN_CONCURRENCY,
-                          duration_s=LONG_RUN_MAX_SECONDS,
-                          stop_after=LONG_RUN_REVIEWS // len(workspace.body_files),
-                          log=workspace.logs / f"wrk-{name}-long-{body}.txt")
+        for load in plan.loads:
+            wrk = run_wrk(port=port, body_file=workspace.body_files[load.body],
+                          concurrency=LONG_RUN_CONCURRENCY, duration_s=LONG_RUN_MAX_SECONDS,
+                          distinct=load.distinct,
+                          stop_after=LONG_RUN_REVIEWS // len(plan.loads),
+                          log=workspace.logs / f"wrk-{name}-long-{load.label.replace(' ', '-')}"
+                                               ".txt")
             reviews += wrk["requests"]
-            verified_review(name, body, port=port, workspace=workspace)
+            verified_review(name, load.body, port=port, workspace=workspace)
         total, worker = procs.tree_rss_mb(group.pid)
     print(f"{name}: {reviews:,} reviews: worker RSS {start_worker:.1f} -> {worker:.1f} MB",
           flush=True)
@@ -378,9 +401,10 @@ def long_run(name: str, workspace: Workspace) -> Obj:
             "rss_start_mb": start_worker, "rss_worker_mb": worker, "rss_total_mb": total}
 
 
-def summarize_profile(raw: Path, top: int = PROFILE_TOP) -> str:
+def summarize_profile(raw: Path, *, us_per_request: float, top: int = PROFILE_TOP) -> str:
     """The hottest frames of a py-spy raw (collapsed) profile: self time by file and by frame,
-    and inclusive time by frame."""
+    and inclusive time by frame, each as a share of samples and as CPU µs per request (the
+    share times the CPU per request measured over the same run)."""
     self_time: Counter[str] = Counter()
     by_file: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -403,23 +427,27 @@ def summarize_profile(raw: Path, top: int = PROFILE_TOP) -> str:
         return "no samples"
 
     def table(counter: Counter[str], limit: int) -> list[str]:
-        return [f"{count / total:6.1%}  {frame}" for frame, count in counter.most_common(limit)]
+        return [f"{count / total:6.1%} {count / total * us_per_request:6.1f} µs  {frame}"
+                for frame, count in counter.most_common(limit)]
 
     return "\n".join([
-        f"{total} samples of the busy thread (idle time not sampled)",
+        f"{total} samples of the busy thread (idle time not sampled); "
+        f"{us_per_request:.0f} µs of CPU per request over the run",
         "", "self time by file:", *table(by_file, 12),
         "", "self time by frame:", *table(self_time, top),
         "", "inclusive time by frame:", *table(inclusive, top),
     ])
 
 
-def profile(name: str, plan: Plan, workspace: Workspace) -> str:
-    """py-spy on a server under load (target-4k, c=16): the top of its profile."""
+def profile(name: str, plan: Plan, workspace: Workspace, *, distinct: bool) -> str:
+    """py-spy on a server under load (target-4k, same or distinct pods, c=16): the top of its
+    profile."""
     py_spy = shutil.which("py-spy")
     if not py_spy:
         return "py-spy is not installed (hack/bench/install.sh installs it): no profile"
     group, port, _ = start_and_wait(name, workspace)
-    raw = workspace.logs / f"profile-{name}.txt"
+    label = Load(PROFILE_BODY, distinct=distinct, concurrency=(PROFILE_CONCURRENCY,)).label
+    raw = workspace.logs / f"profile-{name}-{label.replace(' ', '-')}.txt"
     seconds = max(plan.duration_s, 10 if plan.mode == "full" else 3)
     with group:
         # Blocking sampling (py-spy pauses the process per sample): --nonblocking tears stacks.
@@ -428,15 +456,19 @@ def profile(name: str, plan: Plan, workspace: Workspace) -> str:
                                 "--subprocesses", "--output", str(raw)],
                                cpu=LOAD_CPU, log=workspace.logs / "py-spy.log")
         with recorder:
-            run_wrk(port=port, body_file=workspace.body_files[PROFILE_BODY],
-                    concurrency=PROFILE_CONCURRENCY, duration_s=seconds,
-                    log=workspace.logs / f"wrk-{name}-profile.txt")
+            cpu_before = procs.cpu_seconds(group.pid)
+            wrk = run_wrk(port=port, body_file=workspace.body_files[PROFILE_BODY],
+                          concurrency=PROFILE_CONCURRENCY, duration_s=seconds, distinct=distinct,
+                          log=workspace.logs / f"wrk-{name}-profile.txt")
+            cpu = procs.cpu_seconds(group.pid) - cpu_before
             assert recorder.proc is not None
             recorder.proc.wait(timeout=seconds + WRK_GRACE_SECONDS)
     if not raw.exists():
         return f"py-spy wrote no profile:\n{log_tail(workspace.logs / 'py-spy.log')}"
-    return (f"py-spy record of {name}, {PROFILE_BODY} at c={PROFILE_CONCURRENCY}, {seconds} s\n"
-            + summarize_profile(raw))
+    us_per_request = cpu / max(wrk["requests"], 1) * 1e6
+    return (f"py-spy record of {name}, {label} at c={PROFILE_CONCURRENCY}, {seconds} s "
+            f"({wrk['requests'] / seconds:,.0f} req/s while sampled)\n"
+            + summarize_profile(raw, us_per_request=us_per_request))
 
 
 def versions() -> str:
@@ -479,8 +511,9 @@ def notes(plan: Plan) -> list[str]:
         "times a request from when it is written, after its connection's TCP and TLS handshake, "
         "so the wait for the single worker to accept is missing: Flask's latencies are "
         "understated (its throughput is not).",
-        f"Long run: a fresh process per server, {LONG_RUN_REVIEWS:,} reviews, a quarter of "
-        f"each body, at c={LONG_RUN_CONCURRENCY}; only for {', '.join(LONG_RUN_SERVERS)}. The "
+        f"Long run: a fresh process per server, {LONG_RUN_REVIEWS:,} reviews, an equal share of "
+        f"each load (same and distinct pods), at c={LONG_RUN_CONCURRENCY}; only for "
+        f"{', '.join(LONG_RUN_SERVERS)}. The "
         "RSS column of the table is the process after all runs so far (more reviews, 64 "
         "connections, 16 KB bodies), so it grows down the table, the floor's too."
         if plan.long_run else "No long run (smoke mode).",
@@ -515,14 +548,19 @@ def parse_args(argv: list[str] | None) -> Plan:
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats: at least 1")
     if args.smoke:
-        plan = Plan(mode="smoke", servers=servers, bodies=("target-4k",), concurrency=(1, 16),
-                    duration_s=args.duration or 1, repeats=args.repeats or 1, warmup_s=0,
+        loads = (Load("target-4k", distinct=False, concurrency=(1, 16)),
+                 Load("target-4k", distinct=True, concurrency=(16,)))
+        plan = Plan(mode="smoke", servers=servers, loads=loads, duration_s=args.duration or 1,
+                    repeats=args.repeats or 1, warmup_s=0,
                     cold_starts=1, long_run=False,
                     profile="always" if args.profile == "always" else "never",
                     out=args.out or BENCH / "results" / "smoke")
     else:
-        plan = Plan(mode="full", servers=servers, bodies=tuple(bodies.all_bodies()),
-                    concurrency=(1, 16, 64), duration_s=args.duration or 2,
+        loads = (*(Load(body, distinct=False, concurrency=(1, 16, 64))
+                   for body in bodies.all_bodies()),
+                 *(Load(body, distinct=True, concurrency=(16,))
+                   for body in bodies.all_bodies() if bodies.is_target(body)))
+        plan = Plan(mode="full", servers=servers, loads=loads, duration_s=args.duration or 2,
                     repeats=args.repeats or 3, warmup_s=1,
                     cold_starts=3, long_run=True, profile=args.profile,
                     out=args.out or BENCH / "results")
@@ -555,10 +593,13 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "versions": versions(), "wrk": wrk_version(),
             "duration_s": plan.duration_s, "repeats": plan.repeats, "warmup_s": plan.warmup_s,
-            "concurrency": list(plan.concurrency), "servers": list(plan.servers),
+            "loads": [{"label": load.label, "body": load.body, "distinct": load.distinct,
+                       "concurrency": list(load.concurrency)} for load in plan.loads],
+            "servers": list(plan.servers),
             "long_run_reviews": LONG_RUN_REVIEWS, "notes": notes(plan),
         },
-        "bodies": {name: len(workspace.body_bytes[name]) for name in plan.bodies},
+        "bodies": {load.label: len(workspace.body_bytes[load.body]) for load in plan.loads},
+        "plotted": [load.label for load in plan.loads if len(load.concurrency) > 1],
         "body_sizes": {name: len(data) for name, data in workspace.body_bytes.items()},
         "cold_start": {}, "runs": [], "long_run": {}, "failures": [],
     }
@@ -569,15 +610,16 @@ def main(argv: list[str] | None = None) -> int:
         for name in LONG_RUN_SERVERS if plan.long_run else ():
             if name in plan.servers:
                 outcome = guarded(f"{name} long run", failures,
-                                  functools.partial(long_run, name, workspace))
+                                  functools.partial(long_run, name, plan, workspace))
                 results["long_run"][name] = outcome or {"failed": True}
         missed = any(t["met"] is False for t in report.evaluate_targets(results))
         if "webhook" in plan.servers and (
                 plan.profile == "always" or (plan.profile == "auto" and missed)):
             # The floor's profile next to the webhook's shows which costs are the stack's own.
             profiles = [guarded(f"{name} profile", failures,
-                                functools.partial(profile, name, plan, workspace))
-                        for name in PROFILED if name in plan.servers]
+                                functools.partial(profile, name, plan, workspace,
+                                                  distinct=distinct))
+                        for name, distinct in PROFILED if name in plan.servers]
             results["profile"] = "\n\n".join(p for p in profiles if p)
             print(results["profile"], flush=True)
     finally:

@@ -1,12 +1,15 @@
--- wrk script: POST one AdmissionReview body over and over, the way kube-apiserver calls a
+-- wrk script: POST an AdmissionReview body over and over, the way kube-apiserver calls a
 -- webhook, and print the result as one JSON line. Usage:
---   wrk ... -s post.lua URL -- BODY_FILE [STOP_AFTER DONE_FILE]
+--   wrk ... -s post.lua URL -- BODY_FILE same|distinct [STOP_AFTER DONE_FILE]
+-- distinct: every request's pod differs (the first 8 hex digits of its checksum/config
+-- annotation count up), so nothing the server remembers about a pod can answer the next one.
 -- STOP_AFTER (optional, the 100k-review run): after that many responses a thread stops and
 -- creates DONE_FILE; wrk itself runs out its duration unless told to stop (SIGINT), which the
 -- driver does once DONE_FILE exists.
 -- wrk counts only statuses >= 400 as errors; response() below counts every non-2xx.
 
 local threads = {}
+local MARK = '"checksum/config":"'
 
 function setup(thread)
   table.insert(threads, thread)
@@ -16,15 +19,32 @@ function init(args)
   local file = assert(io.open(args[1], "rb"))
   local body = file:read("*a")
   file:close()
-  stop_after = tonumber(args[2] or "0")
-  done_file = args[3]
+  distinct = args[2] == "distinct"
+  stop_after = tonumber(args[3] or "0")
+  done_file = args[4]
   responses = 0
   non2xx = 0
-  req = wrk.format("POST", "/mutate?timeout=10s",
-                   {["Content-Type"] = "application/json"}, body)
+  sent = 0
+  if distinct then
+    local at = assert(string.find(body, MARK, 1, true), "no checksum/config annotation")
+    local value = at + #MARK
+    prefix = body:sub(1, value - 1)
+    suffix = body:sub(value + 8)
+    -- The counter has a fixed width, so the Content-Length of every request is the same.
+    head = wrk.format("POST", "/mutate?timeout=10s",
+                      {["Content-Type"] = "application/json"}, body)
+    head = head:sub(1, #head - #body)
+  else
+    req = wrk.format("POST", "/mutate?timeout=10s",
+                     {["Content-Type"] = "application/json"}, body)
+  end
 end
 
 function request()
+  if distinct then
+    sent = sent + 1
+    return head .. prefix .. string.format("%08x", sent) .. suffix
+  end
   return req
 end
 
