@@ -8,6 +8,7 @@ exactly the decision a fresh call would make.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
@@ -16,7 +17,9 @@ import orjson
 from webhook.mutation import Decision
 from webhook.types import ImageConfig, Obj
 
-DEFAULT_SIZE = 4096
+DEFAULT_SIZE = 1024
+# Keys are digests of the inputs, not the inputs: a pod spec can be tens of kilobytes.
+DIGEST_BYTES = 16
 
 
 def decision_key(
@@ -24,9 +27,9 @@ def decision_key(
     images: Mapping[str, ImageConfig],
     configmaps: Mapping[str, frozenset[str]],
 ) -> bytes:
-    """Everything `decide` reads from its inputs, serialised (settings are fixed per process)."""
+    """A digest of everything `decide` reads from its inputs (settings are fixed per process)."""
     spec = pod.get("spec") or {}
-    return orjson.dumps(
+    serialised = orjson.dumps(
         [
             (pod.get("metadata") or {}).get("annotations"),
             spec.get("containers"),
@@ -36,6 +39,7 @@ def decision_key(
             {name: sorted(keys) for name, keys in configmaps.items()} or None,
         ]
     )
+    return hashlib.blake2b(serialised, digest_size=DIGEST_BYTES).digest()
 
 
 class DecisionCache:

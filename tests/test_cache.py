@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+
+from tests.podgen import container, gunicorn, pod
+from tests.test_properties import configmaps, pods
+from webhook.cache import DecisionCache, decision_key
+from webhook.config import Settings
+from webhook.mutation import Decision, decide
+
+
+def cached(cache: DecisionCache, p: dict[str, Any], **kw: Any) -> Decision:
+    images, cms = kw.get("images", {}), kw.get("configmaps", {})
+    return cache.get_or_decide(p, images, cms, lambda: decide(p, Settings(), images=images, configmaps=cms))
+
+
+def test_replicas_share_one_decision() -> None:
+    cache = DecisionCache(8)
+    first = pod(gunicorn(cpu="2"))
+    replica = copy.deepcopy(first)
+    replica["metadata"] = {"generateName": "web-7d4b9c-", "namespace": "default", "labels": {"x": "y"}}
+    assert cached(cache, first) is cached(cache, replica)
+    assert (cache.hits, len(cache)) == (1, 1)
+
+
+def test_every_input_decide_reads_is_in_the_key() -> None:
+    base = pod(gunicorn(cpu="2"), annotations={"a": "1"})
+    variants = [
+        pod(gunicorn(cpu="3"), annotations={"a": "1"}),
+        pod(gunicorn(cpu="2"), annotations={"a": "2"}),
+        pod(gunicorn(cpu="2"), annotations={"a": "1"}, init=[container("i")]),
+        pod(gunicorn(cpu="2"), annotations={"a": "1"}, pod_cpu="4"),
+    ]
+    keys = {decision_key(p, {}, {}) for p in [base, *variants]}
+    keys.add(decision_key(base, {"img": {"labels": {}, "entrypoint": None, "cmd": None, "env": []}}, {}))
+    keys.add(decision_key(base, {}, {"cfg": frozenset({"A"})}))
+    keys.add(decision_key(base, {}, {"cfg": frozenset({"B"})}))
+    assert len(keys) == 8
+
+
+def test_bounded_lru_and_off_switch() -> None:
+    cache = DecisionCache(2)
+    a, b, c = (pod(gunicorn(cpu=cpu)) for cpu in ("1", "2", "3"))
+    cached(cache, a)
+    cached(cache, b)
+    cached(cache, a)  # a is now the most recent
+    cached(cache, c)  # evicts b
+    assert len(cache) == 2
+    hits = cache.hits
+    cached(cache, b)
+    assert cache.hits == hits  # b was evicted: decided again
+    off = DecisionCache(0)
+    assert cached(off, a) is not cached(off, a)
+    assert len(off) == 0
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pods(), pods(), configmaps)
+def test_a_cached_decision_equals_a_fresh_one(p: dict[str, Any], q: dict[str, Any], cms: dict[str, frozenset[str]]) -> None:
+    cache = DecisionCache(4)
+    for one in (p, q, p, q):
+        got = cached(cache, one, configmaps=cms)
+        fresh = decide(one, Settings(), configmaps=cms)
+        assert (got.patch, got.warnings, got.containers) == (fresh.patch, fresh.warnings, fresh.containers)
