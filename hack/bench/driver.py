@@ -58,6 +58,7 @@ PROFILED = (("webhook", False), ("webhook", True), ("floor", False))
 PROFILE_CONCURRENCY = 16
 PROFILE_TOP = 15
 PROFILE_RATE = 100
+PROFILE_SECONDS = 6
 
 
 @dataclass(frozen=True)
@@ -448,7 +449,7 @@ def profile(name: str, plan: Plan, workspace: Workspace, *, distinct: bool) -> s
     group, port, _ = start_and_wait(name, workspace)
     label = Load(PROFILE_BODY, distinct=distinct, concurrency=(PROFILE_CONCURRENCY,)).label
     raw = workspace.logs / f"profile-{name}-{label.replace(' ', '-')}.txt"
-    seconds = max(plan.duration_s, 10 if plan.mode == "full" else 3)
+    seconds = max(plan.duration_s, PROFILE_SECONDS if plan.mode == "full" else 3)
     with group:
         # Blocking sampling (py-spy pauses the process per sample): --nonblocking tears stacks.
         recorder = procs.Group([py_spy, "record", "--pid", str(group.pid), "--format", "raw",
@@ -580,6 +581,7 @@ def guarded(step: str, failures: list[str], fn: Callable[[], T]) -> T | None:
 
 def main(argv: list[str] | None = None) -> int:
     plan = parse_args(argv)
+    started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="concurrency-injector-bench-"))
     workspace = Workspace(root=root, logs=plan.out / "logs")
     shutil.rmtree(workspace.logs, ignore_errors=True)  # this invocation's logs only
@@ -624,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
             print(results["profile"], flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    results["meta"]["elapsed_s"] = round(time.monotonic() - started)
     report.write_all(results, plan.out)
     print(f"results: {plan.out}/results.md, results.json, latency.png")
     for target in results["targets"]:

@@ -86,7 +86,8 @@ def markdown(results: Obj) -> str:
     lines = [
         "# Admission path benchmark",
         "",
-        f"{meta['date']}, {meta['mode']} mode, `{meta['command']}`.",
+        f"{meta['date']}, {meta['mode']} mode, `{meta['command'].strip()}`, "
+        f"{meta.get('elapsed_s', 0) / 60:.1f} minutes.",
         f"Machine: {meta['cpu']}, {meta['cpus']} CPUs; Python {meta['python']}; "
         f"{meta['versions']}.",
         f"Each server: one worker over TLS on CPU 0; wrk ({meta['wrk']}) on CPU 1, one thread, "
