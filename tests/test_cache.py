@@ -7,14 +7,22 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.podgen import container, gunicorn, pod
 from tests.test_properties import configmaps, pods
-from webhook.cache import DecisionCache, decision_key
+from webhook.cache import DecisionCache, decision_key, pod_key
 from webhook.config import Settings
 from webhook.mutation import Decision, decide
 
 
 def cached(cache: DecisionCache, p: dict[str, Any], **kw: Any) -> Decision:
     images, cms = kw.get("images", {}), kw.get("configmaps", {})
-    return cache.get_or_decide(p, images, cms, lambda: decide(p, Settings(), images=images, configmaps=cms))
+    key = pod_key(p)
+    assert key is not None
+    return cache.get_or_decide(decision_key(key, images, cms), lambda: decide(p, Settings(), images=images, configmaps=cms))
+
+
+def key(p: dict[str, Any], images: Any = None, cms: Any = None) -> bytes:
+    found = pod_key(p)
+    assert found is not None
+    return decision_key(found, images or {}, cms or {})
 
 
 def test_replicas_share_one_decision() -> None:
@@ -34,11 +42,24 @@ def test_every_input_decide_reads_is_in_the_key() -> None:
         pod(gunicorn(cpu="2"), annotations={"a": "1"}, init=[container("i")]),
         pod(gunicorn(cpu="2"), annotations={"a": "1"}, pod_cpu="4"),
     ]
-    keys = {decision_key(p, {}, {}) for p in [base, *variants]}
-    keys.add(decision_key(base, {"img": {"labels": {}, "entrypoint": None, "cmd": None, "env": []}}, {}))
-    keys.add(decision_key(base, {}, {"cfg": frozenset({"A"})}))
-    keys.add(decision_key(base, {}, {"cfg": frozenset({"B"})}))
+    keys = {key(p) for p in [base, *variants]}
+    keys.add(key(base, {"img": {"labels": {}, "entrypoint": None, "cmd": None, "env": []}}))
+    keys.add(key(base, cms={"cfg": frozenset({"A"})}))
+    keys.add(key(base, cms={"cfg": frozenset({"B"})}))
     assert len(keys) == 8
+
+
+def test_shapes_that_are_not_pods_have_no_key_and_are_never_marked_checked() -> None:
+    cache = DecisionCache(4)
+    assert pod_key({"spec": "x"}) is None
+    assert pod_key({"metadata": ["x"], "spec": {}}) is None
+    cache.mark_checked(None)
+    assert not cache.checked(None)
+    good = pod_key(pod(gunicorn()))
+    assert not cache.checked(good)
+    cache.mark_checked(good)
+    assert cache.checked(good)
+    assert not DecisionCache(0).checked(good)
 
 
 def test_bounded_lru_and_off_switch() -> None:

@@ -23,14 +23,14 @@ from prometheus_client import multiprocess as prom_multiprocess
 from webhook import logs, metrics, tls, wiring
 from webhook.admission import (
     ReviewError,
+    check_pod,
     fail_open,
     is_pod_create,
     parse_review,
-    pod_of,
     respond,
     review_of,
 )
-from webhook.cache import DecisionCache
+from webhook.cache import DecisionCache, decision_key, pod_key
 from webhook.config import Settings
 from webhook.detection import images_to_resolve
 from webhook.mutation import Decision, configmaps_to_read, decide
@@ -120,14 +120,16 @@ class Webhook:
         uid = request["uid"]
         if not is_pod_create(review):
             return {"uid": uid, "allowed": True}, "ignored"
-        pod = pod_of(review)
+        pod: Obj = request.get("object") or {}
+        key = pod_key(pod)
+        if not self.cache.checked(key):  # a pod seen before was checked then
+            check_pod(pod)
+            self.cache.mark_checked(key)
         namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or ""
         try:
             images, configmaps = await self._lookups(pod, namespace, query)
             decision = self.cache.get_or_decide(
-                pod,
-                images,
-                configmaps,
+                key and decision_key(key, images, configmaps),
                 lambda: decide(pod, self.settings, images=images, configmaps=configmaps),
             )
             response = respond(uid, decision)
@@ -215,24 +217,12 @@ def _record(decision: Decision, pod: str, mode: str) -> str:
             metrics.child(metrics.SKIPS, "container-no-cpu-limit").inc()
     if decision.reason:
         metrics.child(metrics.SKIPS, decision.reason).inc()
-    metrics.WARNINGS.inc(len(decision.warnings))
-    outcome = (
-        "audit"
-        if decision.audit and decision.injected
-        else ("patched" if decision.patch else "unchanged")
-    )
+    if decision.warnings:
+        metrics.WARNINGS.inc(len(decision.warnings))
     if decision.containers or decision.warnings:
-        log.info(
-            "pod mutated" if decision.patch else "pod reviewed",
-            extra={
-                "pod": pod,
-                "outcome": outcome,
-                "reason": decision.reason,
-                "containers": decision.status,
-                "warnings": decision.warnings,
-            },
-        )
-    return outcome
+        message = "pod mutated" if decision.patch else "pod reviewed"
+        logs.info_json(log, message, {"pod": pod}, decision.summary_json)
+    return decision.outcome
 
 
 async def _send(send: Send, status: int, payload: Any) -> None:

@@ -1,19 +1,19 @@
 """Identical pods get identical decisions: remember them.
 
 A Deployment's replicas reach the webhook as the same pod spec over and over (the review's uid
-differs; the pod's name is not even assigned yet), and deciding includes deriving a JSON Patch,
-the costliest step of the admission path. The key is every input `decide` reads, so a hit is
-exactly the decision a fresh call would make.
+differs; the pod's name is not even assigned yet), and deciding includes checking the pod's
+shape and deriving a JSON Patch, the costliest steps of the admission path. Keys are digests of
+every input `decide` reads, so a hit is exactly the decision a fresh call would make.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 import orjson
 
+from webhook.lru import LRU
 from webhook.mutation import Decision
 from webhook.types import ImageConfig, Obj
 
@@ -22,54 +22,65 @@ DEFAULT_SIZE = 1024
 DIGEST_BYTES = 16
 
 
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+def pod_key(pod: Obj) -> bytes | None:
+    """A digest of the parts of a pod that checking and deciding read; None if not a pod shape."""
+    try:
+        spec = pod.get("spec") or {}
+        return _digest(
+            orjson.dumps([
+                (pod.get("metadata") or {}).get("annotations"),
+                spec.get("containers"),
+                spec.get("initContainers"),
+                spec.get("resources"),
+            ])
+        )
+    except (AttributeError, TypeError):  # spec or metadata is not an object: check_pod says so
+        return None
+
+
 def decision_key(
-    pod: Obj,
+    pod: bytes,
     images: Mapping[str, ImageConfig],
     configmaps: Mapping[str, frozenset[str]],
 ) -> bytes:
-    """A digest of everything `decide` reads from its inputs (settings are fixed per process)."""
-    spec = pod.get("spec") or {}
-    serialised = orjson.dumps(
-        [
-            (pod.get("metadata") or {}).get("annotations"),
-            spec.get("containers"),
-            spec.get("initContainers"),
-            spec.get("resources"),
-            images or None,
-            {name: sorted(keys) for name, keys in configmaps.items()} or None,
-        ]
-    )
-    return hashlib.blake2b(serialised, digest_size=DIGEST_BYTES).digest()
+    """The pod's key, extended by what registry and ConfigMap lookups returned for it."""
+    if not images and not configmaps:
+        return pod
+    found = orjson.dumps([images, {name: sorted(keys) for name, keys in configmaps.items()}])
+    return _digest(pod + found)
 
 
 class DecisionCache:
-    """A bounded LRU of decisions by `decision_key`; size 0 turns it off."""
+    """Bounded LRUs of pods known to be well formed, and of decisions; size 0 turns it off."""
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self.size = size
-        self._entries: OrderedDict[bytes, Decision] = OrderedDict()
+        self._checked: LRU[bytes, bool] = LRU(size)
+        self._decisions: LRU[bytes, Decision] = LRU(size)
         self.hits = 0
 
-    def get_or_decide(
-        self,
-        pod: Obj,
-        images: Mapping[str, ImageConfig],
-        configmaps: Mapping[str, frozenset[str]],
-        decide: Callable[[], Decision],
-    ) -> Decision:
-        if self.size <= 0:
+    def checked(self, pod: bytes | None) -> bool:
+        """Whether a pod with this key passed the shape check before."""
+        return self.size > 0 and pod is not None and self._checked.get(pod) is not None
+
+    def mark_checked(self, pod: bytes | None) -> None:
+        if self.size > 0 and pod is not None:
+            self._checked.put(pod, True)
+
+    def get_or_decide(self, key: bytes | None, decide: Callable[[], Decision]) -> Decision:
+        if self.size <= 0 or key is None:
             return decide()
-        key = decision_key(pod, images, configmaps)
-        found = self._entries.get(key)
+        found = self._decisions.get(key)
         if found is not None:
-            self._entries.move_to_end(key)
             self.hits += 1
             return found
         decision = decide()
-        self._entries[key] = decision
-        if len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        self._decisions.put(key, decision)
         return decision
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._decisions)

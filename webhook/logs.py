@@ -77,15 +77,23 @@ class LoopBatchingHandler(logging.StreamHandler[TextIO]):
         except Exception:
             self.handleError(record)
             return
+        self.emit_line(line)
+
+    def emit_line(self, line: str) -> None:
+        """Queue a formatted line (written at the end of this loop turn, or now)."""
+        self.acquire()
         try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._write([*self._pending, line])
-            self._pending.clear()
-            return
-        if not self._pending:
-            loop.call_soon(self.flush)
-        self._pending.append(line)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._write([*self._pending, line])
+                self._pending.clear()
+                return
+            if not self._pending:
+                loop.call_soon(self.flush)
+            self._pending.append(line)
+        finally:
+            self.release()
 
     def flush(self) -> None:
         self.acquire()
@@ -102,12 +110,45 @@ class LoopBatchingHandler(logging.StreamHandler[TextIO]):
             self.stream.flush()
 
 
+# The handler JSON lines go to, once setup() chose JSON: `info_json` writes to it directly.
+_json_handler: LoopBatchingHandler | None = None
+
+
+def info_json(log: logging.Logger, msg: str, fields: dict[str, Any], more: bytes) -> None:
+    """An info line with `fields` and `more` (a serialised JSON object, such as a cached summary).
+
+    The one line per reviewed pod goes this way: with JSON logs it is assembled as bytes and
+    handed to the handler without a LogRecord; otherwise it is an ordinary log call.
+    """
+    if not log.isEnabledFor(logging.INFO):
+        return
+    handler = _json_handler
+    if handler is None or log.handlers or not log.propagate:
+        log.info(msg, extra={**fields, **orjson.loads(more)})
+        return
+    formatter = handler.formatter
+    assert isinstance(formatter, JsonFormatter)
+    head = orjson.dumps(
+        {
+            "time": formatter._time(time.time()),
+            "level": "info",
+            "logger": log.name,
+            "msg": msg,
+            **fields,
+        }
+    )
+    line = head[:-1] + b"," + more[1:] if len(more) > 2 else head
+    handler.emit_line(line.decode() + handler.terminator)
+
+
 def setup(level: str = "info", fmt: str = "auto") -> None:
     """Configure the root handler once, for our logger and uvicorn's."""
+    global _json_handler
     if fmt == "auto":
         fmt = "text" if sys.stderr.isatty() else "json"
     handler = LoopBatchingHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    _json_handler = handler if fmt == "json" else None
     # Not recorded by the formatters; skipping them keeps a log line cheap on the admission path
     # (the "Optimization" section of the logging documentation).
     logging.logThreads = False

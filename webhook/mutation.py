@@ -83,6 +83,25 @@ class Decision:
         return {c.name: c.status() for c in self.containers}
 
     @cached_property
+    def outcome(self) -> str:
+        """patched, unchanged, or audit (would have patched)."""
+        if self.audit and self.injected:
+            return "audit"
+        return "patched" if self.patch else "unchanged"
+
+    @cached_property
+    def summary_json(self) -> bytes:
+        """The decision as a JSON object for the log line of every review it answers."""
+        return orjson.dumps(
+            {
+                "outcome": self.outcome,
+                "reason": self.reason,
+                "containers": self.status,
+                "warnings": self.warnings,
+            }
+        )
+
+    @cached_property
     def encoded_patch(self) -> str:
         """The patch as the AdmissionResponse carries it: base64 of its JSON."""
         return base64.b64encode(orjson.dumps(self.patch)).decode() if self.patch else ""

@@ -14,15 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
 import httpx
 from prometheus_client import Counter, Histogram
 
 from webhook.imageref import ImageRef, InvalidReference, parse
+from webhook.lru import LRU
 from webhook.registry_auth import CredentialStore
 from webhook.registry_fetch import Fetched, LookupFailed, Platform, RegistryClient
 from webhook.types import ImageConfig
@@ -52,32 +51,6 @@ LOOKUP_SECONDS = Histogram(
     "Duration of registry round trips for one image (manifest, index, config blob).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
 )
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _LRU(Generic[K, V]):
-    """A dict bounded to `size` entries that evicts the least recently used."""
-
-    def __init__(self, size: int) -> None:
-        self._size = max(1, size)
-        self._data: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self._size:
-            self._data.popitem(last=False)
-
-    def pop(self, key: K) -> None:
-        self._data.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -129,11 +102,11 @@ class RegistryResolver:
         self._tag_ttl = tag_ttl
         self._failure_ttl = failure_ttl
         # config digest -> config: content-addressed, so good for as long as it is kept.
-        self._configs: _LRU[str, ImageConfig] = _LRU(max_entries)
+        self._configs: LRU[str, ImageConfig] = LRU(max_entries)
         # name@manifest-digest -> config digest, for good; name:tag -> (expiry, config digest).
-        self._pinned: _LRU[str, str] = _LRU(max_entries)
-        self._tags: _LRU[str, tuple[float, str]] = _LRU(max_entries)
-        self._failures: _LRU[str, tuple[float, _Failure]] = _LRU(max_entries)
+        self._pinned: LRU[str, str] = LRU(max_entries)
+        self._tags: LRU[str, tuple[float, str]] = LRU(max_entries)
+        self._failures: LRU[str, tuple[float, _Failure]] = LRU(max_entries)
         self._in_flight: dict[str, asyncio.Task[_Result]] = {}
 
     async def resolve(self, images: list[str], *, timeout: float) -> dict[str, ImageConfig]:
