@@ -4,7 +4,11 @@ import asyncio
 import io
 import json
 import logging
+import sys
 
+import pytest
+
+from webhook import logs
 from webhook.logs import JsonFormatter, LoopBatchingHandler, TextFormatter
 
 
@@ -59,3 +63,22 @@ def test_text_format_shows_fields() -> None:
     handler.setFormatter(TextFormatter())
     logger_with(handler).info("pod mutated", extra={"pod": "ns/web-*", "reason": None})
     assert stream.getvalue() == "info    pod mutated pod=ns/web-*\n"
+
+
+def test_info_json_merges_a_cached_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        logs.setup("info", "json")
+        logs.info_json(logs.get("admission"), "pod mutated", {"pod": "ns/web-*"},
+                       b'{"outcome":"patched","warnings":[]}')
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    entry = json.loads(stream.getvalue())
+    assert {k: entry[k] for k in ("level", "logger", "msg", "pod", "outcome", "warnings")} == {
+        "level": "info", "logger": "concurrency_injector.admission", "msg": "pod mutated",
+        "pod": "ns/web-*", "outcome": "patched", "warnings": [],
+    }
