@@ -65,7 +65,7 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8443
     max_body_bytes: int = 4 * 1024 * 1024
-    decision_cache_size: int = 1024
+    decision_cache_size: int = 256
     cert_reload_seconds: float = 10.0
     log_level: str = "info"
     log_format: LogFormat = "auto"
