@@ -186,26 +186,21 @@ class RegistryClient:
         if ca_file is not None:
             context.load_verify_locations(cafile=ca_file)
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        headers = {"User-Agent": USER_AGENT}
-        self._verified = httpx.AsyncClient(
-            verify=context,
-            transport=transport,
-            limits=limits,
-            headers=headers,
-            follow_redirects=True,
-            max_redirects=MAX_REDIRECTS,
-            trust_env=False,
-        )
+
+        def client(verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                verify=verify,
+                transport=transport,
+                limits=limits,
+                headers={"User-Agent": USER_AGENT},
+                follow_redirects=True,
+                max_redirects=MAX_REDIRECTS,
+                trust_env=False,
+            )
+
+        self._verified = client(context)
         # Unverified TLS, only ever used for hosts named with --insecure-registry.
-        self._unverified = httpx.AsyncClient(
-            verify=False,
-            transport=transport,
-            limits=limits,
-            headers=headers,
-            follow_redirects=True,
-            max_redirects=MAX_REDIRECTS,
-            trust_env=False,
-        )
+        self._unverified = client(False)
         self._hosts: dict[str, _Host] = {}
 
     async def aclose(self) -> None:
