@@ -436,7 +436,9 @@ def summarize_profile(raw: Path, *, us_per_request: float, top: int = PROFILE_TO
         f"{us_per_request:.0f} µs of CPU per request over the run",
         "", "self time by file:", *table(by_file, 12),
         "", "self time by frame:", *table(self_time, top),
-        "", "inclusive time by frame:", *table(inclusive, top),
+        # Frames on every stack (the event loop's start-up chain) say nothing: left out.
+        "", "inclusive time by frame (below the event loop):",
+        *table(Counter({f: c for f, c in inclusive.items() if c < total}), top),
     ])
 
 
