@@ -317,4 +317,3 @@ def create_app() -> Webhook:
     gc.collect()
     gc.freeze()
     return app
-

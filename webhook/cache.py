@@ -31,12 +31,14 @@ def pod_key(pod: Obj) -> bytes | None:
     try:
         spec = pod.get("spec") or {}
         return _digest(
-            orjson.dumps([
-                (pod.get("metadata") or {}).get("annotations"),
-                spec.get("containers"),
-                spec.get("initContainers"),
-                spec.get("resources"),
-            ])
+            orjson.dumps(
+                [
+                    (pod.get("metadata") or {}).get("annotations"),
+                    spec.get("containers"),
+                    spec.get("initContainers"),
+                    spec.get("resources"),
+                ]
+            )
         )
     except (AttributeError, TypeError):  # spec or metadata is not an object: check_pod says so
         return None
