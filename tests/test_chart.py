@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from webhook.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "concurrency-injector"
@@ -627,3 +630,33 @@ def test_kubectl_parses_every_object_offline(tools: Path) -> None:
     rendered = [d for d in yaml.safe_load_all(manifest) if d]
     assert len(items) == len(rendered)
     assert all(i["metadata"]["labels"]["checked"] == "yes" for i in items)
+
+
+@pytest.mark.parametrize("sets", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_the_server_accepts_the_settings_the_chart_renders(tools: Path, sets: tuple[str, ...]) -> None:
+    """What the chart writes into CONCURRENCY_INJECTOR_* is what the server can read."""
+    rendered = {k: v for k, v in env(render(tools, *sets)).items() if k.startswith(ENV_PREFIX)}
+    literal = {k: v for k, v in rendered.items() if isinstance(v, str)}
+    from_api = set(rendered) - set(literal)
+    assert from_api <= {ENV_PREFIX + "NAMESPACE"}  # the downward API fills it in
+    settings = Settings.from_env({**literal, ENV_PREFIX + "NAMESPACE": NAMESPACE})
+    assert settings.registry_timeout < webhook(render(tools, *sets))["timeoutSeconds"]
+    if "server.mode=audit" in sets:
+        assert settings.mode == "audit"
+
+
+def test_chart_values_reach_the_server_as_typed_settings(tools: Path) -> None:
+    docs = render(
+        tools,
+        "json:server.workersPerCpu=1.5",
+        "server.maxWorkers=8",
+        "server.memoryPerWorker=256Mi",
+        "server.rounding=ceil",
+        "server.resizeRestart=true",
+        "server.pythonCpuCount=false",
+    )
+    literal = {k: v for k, v in env(docs).items() if k.startswith(ENV_PREFIX) and isinstance(v, str)}
+    settings = Settings.from_env(literal)
+    assert (settings.workers_per_cpu, settings.max_workers, settings.rounding) == (Decimal("1.5"), 8, "ceil")
+    assert settings.memory_per_worker == Decimal(256 * 1024 * 1024)
+    assert (settings.resize_restart, settings.python_cpu_count) == (True, False)
