@@ -5,6 +5,7 @@ from decimal import Decimal
 import pytest
 
 from webhook.config import ConfigError, Settings
+from webhook.wiring import in_cluster_problem
 
 
 def test_defaults_follow_the_spec() -> None:
@@ -86,3 +87,14 @@ def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None
     with pytest.raises(ConfigError) as err:
         Settings.from_env(env)
     assert message in str(err.value)
+
+
+def test_in_cluster_features_outside_a_cluster_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
+    assert in_cluster_problem(Settings()) is None
+    problem = in_cluster_problem(Settings(read_configmaps=True, tls_self_managed=True))
+    assert problem == (
+        "CONCURRENCY_INJECTOR_READ_CONFIGMAPS=true, CONCURRENCY_INJECTOR_TLS_SELF_MANAGED=true "
+        "needs the in-cluster service account: Service host/port is not set."
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import uvicorn
 
-from webhook import logs, tls
+from webhook import logs, tls, wiring
 from webhook.config import ConfigError, Settings, env_name
 
 # kube-apiserver keeps idle connections to webhooks for 90 s; a server that closes them sooner
@@ -49,6 +49,10 @@ def serve(settings: Settings, environ: MutableMapping[str, str] | None = None) -
         workers = own_workers(environ)
     except ConfigError as exc:
         log.error(str(exc))
+        return 2
+    problem = wiring.in_cluster_problem(settings)
+    if problem:
+        log.error(problem)
         return 2
     if settings.tls_self_managed:
         prepare_self_managed(settings)

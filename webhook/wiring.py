@@ -25,6 +25,34 @@ def resolver(settings: Settings) -> RegistryResolver | None:
     )
 
 
+def in_cluster_problem(settings: Settings) -> str | None:
+    """Why the in-cluster features asked for cannot start here, or None.
+
+    Checked once before serving, so a webhook started outside a cluster (or without its service
+    account) says what is wrong instead of failing in every worker.
+    """
+    needs = [
+        name
+        for name, on in (
+            ("READ_CONFIGMAPS", settings.read_configmaps),
+            ("TLS_SELF_MANAGED", settings.tls_self_managed),
+        )
+        if on
+    ]
+    if not needs:
+        return None
+    from kubernetes.config import ConfigException
+
+    from webhook.kube import in_cluster_api_client
+
+    try:
+        in_cluster_api_client()
+    except ConfigException as exc:
+        wanted = ", ".join(f"CONCURRENCY_INJECTOR_{n}=true" for n in needs)
+        return f"{wanted} needs the in-cluster service account: {exc}"
+    return None
+
+
 def env_reader(settings: Settings) -> EnvSourceReader | None:
     """The in-cluster ConfigMap reader for the envFrom check, or None when it is off."""
     if not settings.read_configmaps:
