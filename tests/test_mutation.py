@@ -372,3 +372,26 @@ def test_original_pod_is_never_modified() -> None:
     before = json.dumps(p, sort_keys=True)
     decide(p, Settings(resize_restart=True))
     assert json.dumps(p, sort_keys=True) == before
+
+
+@pytest.mark.parametrize(
+    ("annotations", "expected_op"),
+    [
+        (None, "replace"),
+        ({}, "add"),
+        ({"team": "x", "concurrency-injector.io/status": "{}"}, "replace"),
+    ],
+    ids=["null", "empty", "stale-status"],
+)
+def test_status_annotation_patch_applies_whatever_annotations_hold(
+    annotations: dict[str, str] | None, expected_op: str
+) -> None:
+    p = pod(gunicorn(cpu="2"))
+    p["metadata"]["annotations"] = annotations
+    decision = decide(p, Settings())
+    assert decision.patch[0]["op"] == expected_op
+    out = jsonpatch.apply_patch(p, decision.patch)
+    assert STATUS in out["metadata"]["annotations"]
+    assert {k: v for k, v in out["metadata"]["annotations"].items() if k != STATUS} == {
+        k: v for k, v in (annotations or {}).items() if k != STATUS
+    }

@@ -1,7 +1,7 @@
 """Decide and apply: which env a pod's targets get, as a JSON Patch derived by diff. Pure.
 
-The pod is never edited in place: the parts the webhook may change (the annotations, and the
-`env` and `resizePolicy` of target containers, at their indexes) are copied, changed, and
+The pod is never edited in place: the parts the webhook may change (its status annotation, and
+the `env` and `resizePolicy` of target containers, at their indexes) are copied, changed, and
 `jsonpatch.make_patch` derives the patch from the two. Diffing only those parts keeps the
 admission path fast: a whole Pod is dozens of nested objects the webhook never touches.
 """
@@ -160,7 +160,6 @@ def decide(
 
     status = {r.name: r.status() for r in results}
     after["metadata"]["annotations"] = {
-        **annotations,
         keys.STATUS: orjson.dumps(status, option=orjson.OPT_SORT_KEYS).decode(),
     }
     injected = [r for r in results if r.set]
@@ -215,8 +214,13 @@ def _projection(pod: Obj, targets: set[str]) -> Obj:
 
     projected: Obj = {"metadata": {}, "spec": {"containers": cut(spec.get("containers") or [])}}
     metadata = pod.get("metadata") or {}
-    if "annotations" in metadata:
-        projected["metadata"]["annotations"] = metadata["annotations"]
+    if "annotations" in metadata:  # only the status annotation is ever written
+        annotations = metadata["annotations"]
+        projected["metadata"]["annotations"] = (
+            None
+            if annotations is None
+            else {k: v for k, v in annotations.items() if k == keys.STATUS}
+        )
     if "initContainers" in spec:
         projected["spec"]["initContainers"] = cut(spec["initContainers"] or [])
     return projected
