@@ -301,11 +301,7 @@ def _apply(
     unread: dict[str, list[str]] = {}  # envFrom source that could not be read -> names skipped
     for name in keys.INJECTED_ENV:
         index = next((i for i, e in enumerate(env) if e.get("name") == name), None)
-        mine = (
-            index is not None
-            and ours.get(name) is not None
-            and (env[index] == _entry(name, ours[name], target.name))
-        )
+        mine = index is not None and _is_own(env[index], ours, target.name)
         blocked, unreadable = _user_owns(container, name, index, mine=mine, ctx=ctx)
         if name not in desired or blocked:
             if mine and index is not None:
@@ -373,11 +369,17 @@ def _remove_own(container: Obj, name: str, ctx: _EnvContext) -> None:
     env = container.get("env")
     if not ours or not env:
         return
-    container["env"] = [
-        e for e in env if e != _entry(str(e.get("name")), ours.get(e.get("name"), "\0"), name)
-    ]
+    container["env"] = [e for e in env if not _is_own(e, ours, name)]
     if not container["env"]:
         del container["env"]
+
+
+def _is_own(entry: Obj, ours: Mapping[str, str], container_name: str) -> bool:
+    """Whether an env entry is exactly what an earlier pass recorded setting (so it is ours)."""
+    name = entry.get("name")
+    return (
+        isinstance(name, str) and name in ours and entry == _entry(name, ours[name], container_name)
+    )
 
 
 def _add_resize_policy(container: Obj) -> None:
