@@ -237,7 +237,7 @@ def images_to_resolve(pod: Obj) -> list[str]:
     """Images whose registry metadata could decide detection (rule 4 only)."""
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     if (
-        _opted_out(annotations)
+        opted_out(annotations)
         or annotations.get(keys.CONTAINERS)
         or _runtime_annotation(annotations)
     ):
@@ -253,7 +253,8 @@ def images_to_resolve(pod: Obj) -> list[str]:
     return wanted
 
 
-def _opted_out(annotations: Mapping[str, Any]) -> bool:
+def opted_out(annotations: Mapping[str, Any]) -> bool:
+    """Rule 1: `concurrency-injector.io/inject: "false"`."""
     return str(annotations.get(keys.INJECT, "")).strip().lower() == "false"
 
 
@@ -264,7 +265,7 @@ def _runtime_annotation(annotations: Mapping[str, Any]) -> str:
 def select_targets(pod: Obj, images: Mapping[str, ImageConfig]) -> tuple[list[Target], list[str]]:
     """Apply the SPEC's rules in order; returns the targets and warnings."""
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    if _opted_out(annotations):
+    if opted_out(annotations):
         return [], []
     warnings: list[str] = []
     runtime_value = _runtime_annotation(annotations)

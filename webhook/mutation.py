@@ -19,7 +19,7 @@ import orjson
 
 from webhook import keys
 from webhook.config import Settings
-from webhook.detection import Source, Target, containers_of, select_targets
+from webhook.detection import Source, Target, containers_of, opted_out, select_targets
 from webhook.policy import (
     WorkerPolicy,
     cpu_limit,
@@ -110,8 +110,7 @@ class Decision:
 def configmaps_to_read(pod: Obj) -> list[str]:
     """ConfigMaps named by any container's envFrom (the only ones that could hide a user value)."""
     names: list[str] = []
-    spec = pod.get("spec") or {}
-    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+    for container, _ in containers_of(pod):
         for source in container.get("envFrom") or []:
             name = (source.get("configMapRef") or {}).get("name")
             if name and name not in names:
@@ -130,7 +129,7 @@ def decide(
     images = images or {}
     annotations: Mapping[str, Any] = (pod.get("metadata") or {}).get("annotations") or {}
     audit = settings.mode == "audit" or str(annotations.get(keys.MODE, "")).lower() == "audit"
-    if str(annotations.get(keys.INJECT, "")).strip().lower() == "false":
+    if opted_out(annotations):
         return Decision([], [], [], audit, "opted-out")
     targets, warnings = select_targets(pod, images)
     if not targets:
@@ -140,8 +139,10 @@ def decide(
     warnings += more
     before = _projection(pod, {t.name for t in targets})
     after = orjson.loads(orjson.dumps(before))  # a deep copy; JSON data copies fastest this way
-    writable = dict(zip(_names(pod), _containers(after), strict=True))
-    originals = {c.get("name"): c for c, _ in containers_of(pod)}
+    containers = [c for c, _ in containers_of(pod)]
+    names = [c.get("name") for c in containers]
+    originals = dict(zip(names, containers, strict=True))
+    writable = dict(zip(names, _containers(after), strict=True))
     env_context = _EnvContext(
         previous=_previous_status(annotations),
         override=str(annotations.get(keys.OVERRIDE, "")).strip().lower() == "true",
@@ -229,11 +230,6 @@ def _projection(pod: Obj, targets: set[str]) -> Obj:
 def _containers(projection: Obj) -> list[Obj]:
     spec = projection["spec"]
     return [*(spec.get("initContainers") or []), *spec["containers"]]
-
-
-def _names(pod: Obj) -> list[Any]:
-    spec = pod.get("spec") or {}
-    return [c.get("name") for c in [*(spec.get("initContainers") or []), *spec["containers"]]]
 
 
 def _previous_status(annotations: Mapping[str, Any]) -> Mapping[str, Obj]:
