@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from decimal import Decimal, InvalidOperation
-from typing import Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from kubernetes.utils import parse_quantity
 
@@ -137,7 +137,16 @@ def _choice(choices: tuple[T, ...]) -> Callable[[str], T]:
     return parse
 
 
-def _workers_per_cpu(raw: str) -> Decimal:
+def quantity(value: Any) -> Decimal:
+    """A Kubernetes quantity as a Decimal, with the official client's parser."""
+    return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
+
+
+# The bounded parsers below serve both the server's settings and the pod annotations that
+# override them; a ValueError's message says what was expected.
+
+
+def parse_workers_per_cpu(raw: str) -> Decimal:
     try:
         value = Decimal(raw)
     except InvalidOperation:
@@ -154,7 +163,7 @@ def _positive_int(raw: str) -> int:
     return value
 
 
-def _worker_count(raw: str) -> int:
+def parse_worker_count(raw: str) -> int:
     value = _positive_int(raw)
     if value > MAX_WORKER_COUNT:
         raise ValueError(f"expected at most {MAX_WORKER_COUNT}")
@@ -165,16 +174,18 @@ def _max_workers(raw: str) -> int | None:
     """0 or empty means no maximum."""
     if raw in ("", "0"):
         return None
-    return _worker_count(raw)
+    return parse_worker_count(raw)
+
+
+def parse_positive_quantity(raw: str) -> Decimal:
+    value = quantity(raw)
+    if value <= 0:
+        raise ValueError("expected a quantity above 0, such as 200Mi")
+    return value
 
 
 def _quantity_or_none(raw: str) -> Decimal | None:
-    if not raw:
-        return None
-    value = parse_quantity(raw)  # type: ignore[no-untyped-call]
-    if value <= 0:
-        raise ValueError("expected a quantity above 0, such as 200Mi")
-    return Decimal(value)
+    return parse_positive_quantity(raw) if raw else None
 
 
 def _seconds(raw: str) -> float:
@@ -198,8 +209,8 @@ def _hosts(raw: str) -> tuple[str, ...]:
 _PARSERS: dict[str, Callable[[str], object]] = {
     "mode": _choice(MODES),
     "rounding": _choice(ROUNDINGS),
-    "workers_per_cpu": _workers_per_cpu,
-    "min_workers": _worker_count,
+    "workers_per_cpu": parse_workers_per_cpu,
+    "min_workers": parse_worker_count,
     "max_workers": _max_workers,
     "memory_per_worker": _quantity_or_none,
     "resize_restart": _bool,

@@ -9,10 +9,16 @@ from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
-from kubernetes.utils import parse_quantity
-
 from webhook import keys
-from webhook.config import MAX_WORKER_COUNT, MAX_WORKERS_PER_CPU, Rounding, Settings
+from webhook.config import (
+    MAX_WORKER_COUNT,
+    Rounding,
+    Settings,
+    parse_positive_quantity,
+    parse_worker_count,
+    parse_workers_per_cpu,
+    quantity,
+)
 from webhook.detection import ServerCommand
 from webhook.types import Obj
 
@@ -48,11 +54,6 @@ class Workers:
     memory_cap: int | None  # set when the memory guard decided the count
 
 
-def quantity(value: Any) -> Decimal:
-    """A Kubernetes quantity as a Decimal, with the official client's parser."""
-    return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
-
-
 def cpu_text(value: Decimal) -> str:
     """A CPU amount as plain cores, e.g. `0.5`, `2`."""
     return format(value.normalize(), "f")
@@ -71,10 +72,10 @@ def pod_policy(
     )
     warnings: list[str] = []
     for key, field_name, parse in (
-        (keys.WORKERS_PER_CPU, "workers_per_cpu", _positive_decimal),
-        (keys.MIN_WORKERS, "min_workers", _positive_int),
-        (keys.MAX_WORKERS, "max_workers", _positive_int),
-        (keys.MEMORY_PER_WORKER, "memory_per_worker", _positive_quantity),
+        (keys.WORKERS_PER_CPU, "workers_per_cpu", parse_workers_per_cpu),
+        (keys.MIN_WORKERS, "min_workers", parse_worker_count),
+        (keys.MAX_WORKERS, "max_workers", parse_worker_count),
+        (keys.MEMORY_PER_WORKER, "memory_per_worker", parse_positive_quantity),
     ):
         raw = annotations.get(key)
         if raw is None:
@@ -90,27 +91,6 @@ def pod_policy(
         )
         policy = replace(policy, min_workers=policy.max_workers)
     return policy, warnings
-
-
-def _positive_decimal(raw: str) -> Decimal:
-    value = Decimal(raw)
-    if not value.is_finite() or not 0 < value <= MAX_WORKERS_PER_CPU:
-        raise ValueError(raw)
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if not 1 <= value <= MAX_WORKER_COUNT:
-        raise ValueError(raw)
-    return value
-
-
-def _positive_quantity(raw: str) -> Decimal:
-    value = quantity(raw)
-    if value <= 0:
-        raise ValueError(raw)
-    return value
 
 
 def _limits(container: Obj) -> Mapping[str, Any]:
