@@ -97,19 +97,13 @@ class Webhook:
     async def mutate_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         try:
-            body = await self._read_body(scope, receive)
-            review = parse_review(body)
-        except (HTTPError, ReviewError) as exc:
+            review = parse_review(await self._read_body(scope, receive))
+            response, outcome = await self.admit(review, scope.get("query_string", b""))
+        except (HTTPError, ReviewError) as exc:  # the caller's fault: 4xx (ours fail open in admit)
             status = exc.status if isinstance(exc, HTTPError) else 400
             metrics.child(metrics.REQUESTS, "invalid").inc()
             log.info("rejected review", extra={"status": status, "error": str(exc)})
             await _send(send, status, {"error": str(exc)})
-            return
-        try:
-            response, outcome = await self.admit(review, scope.get("query_string", b""))
-        except ReviewError as exc:
-            metrics.child(metrics.REQUESTS, "invalid").inc()
-            await _send(send, 400, {"error": str(exc)})
             return
         metrics.child(metrics.REQUESTS, outcome).inc()
         metrics.LATENCY.observe(time.perf_counter() - started)
