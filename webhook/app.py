@@ -135,7 +135,7 @@ class Webhook:
                 "mutation failed; pod admitted unchanged", extra={"pod": _pod_name(pod, namespace)}
             )
             return fail_open(uid), "error"
-        outcome = _record(decision, _pod_name(pod, namespace), self.settings.mode)
+        outcome = _record(decision, _pod_name(pod, namespace))
         return response, outcome
 
     async def _lookups(
@@ -201,7 +201,7 @@ def _pod_name(pod: Obj, namespace: str) -> str:
     return f"{namespace}/{name}"
 
 
-def _record(decision: Decision, pod: str, mode: str) -> str:
+def _record(decision: Decision, pod: str) -> str:
     """Metrics and the one log line per mutation; returns the request outcome."""
     for c in decision.containers:
         if c.set:
