@@ -53,8 +53,10 @@ class ReloadingContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.set_alpn_protocols(["http/1.1"])
-        ctx.load_cert_chain(self.cert_file, self.key_file)
+        # Fingerprint before loading, as reload_if_changed does: a swap in between then shows
+        # as a change on the next check instead of going unnoticed.
         self.loaded = _fingerprint(self.cert_file, self.key_file)
+        ctx.load_cert_chain(self.cert_file, self.key_file)
         self.context = ctx
         ACTIVE.append(self)
         return ctx
