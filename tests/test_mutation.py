@@ -395,3 +395,54 @@ def test_status_annotation_patch_applies_whatever_annotations_hold(
     assert {k: v for k, v in out["metadata"]["annotations"].items() if k != STATUS} == {
         k: v for k, v in (annotations or {}).items() if k != STATUS
     }
+
+
+def test_containers_sharing_identical_env_are_edited_in_place() -> None:
+    """Three containers with the same env, the middle one without a limit: each keeps its place.
+
+    A diff of the containers' projections paired equal items and moved or replaced whole
+    containers (jsonpatch >= 1.35); ops are now made inside each target's env, by index.
+    """
+    log_level = {"name": "LOG_LEVEL", "value": "info"}
+    p = pod(
+        gunicorn("app-0", image="img-0", env=[dict(log_level)]),
+        gunicorn("app-1", cpu=None, image="img-1", env=[dict(log_level)]),
+        gunicorn("app-2", image="img-2", env=[dict(log_level)]),
+    )
+    decision = decide(p, Settings())
+    assert [(o["op"], o["path"]) for o in decision.patch] == [
+        ("add", "/metadata/annotations"),
+        ("add", "/spec/containers/0/env/1"),
+        ("add", "/spec/containers/0/env/2"),
+        ("add", "/spec/containers/0/env/3"),
+        ("add", "/spec/containers/2/env/1"),
+        ("add", "/spec/containers/2/env/2"),
+        ("add", "/spec/containers/2/env/3"),
+    ]
+    out = jsonpatch.apply_patch(p, decision.patch)
+    assert [c["name"] for c in out["spec"]["containers"]] == ["app-0", "app-1", "app-2"]
+    assert env_of(out, "app-1") == [log_level]
+    for name in ("app-0", "app-2"):
+        assert env_of(out, name) == [log_level, wc("2"), cpu_limit_env(name), pcc("2")]
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        ("missing", ("add", "/metadata")),
+        (None, ("replace", "/metadata")),
+        ({}, ("add", "/metadata/annotations")),
+    ],
+    ids=["missing", "null", "empty"],
+)
+def test_status_annotation_creates_missing_metadata(metadata: Any, expected: tuple[str, str]) -> None:
+    p = pod(gunicorn(cpu="2"))
+    if metadata == "missing":
+        del p["metadata"]
+    else:
+        p["metadata"] = metadata
+    decision = decide(p, Settings())
+    assert (decision.patch[0]["op"], decision.patch[0]["path"]) == expected
+    out = jsonpatch.apply_patch(p, decision.patch)
+    assert STATUS in out["metadata"]["annotations"]
+    assert decide(out, Settings()).patch == []

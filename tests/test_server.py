@@ -227,7 +227,7 @@ def test_second_pass_over_the_patched_pod_changes_nothing(client: Client) -> Non
     """kube-apiserver may call the webhook again on its own output (reinvocationPolicy)."""
     pod = gunicorn_pod()
     first = client.review(admission_review(pod, uid="u-first"))
-    patched = jsonpatch.apply_patch(pod, first.patch())
+    patched = jsonpatch.apply_patch(pod, first.patch() or [])
 
     second = client.review(admission_review(patched, uid="u-second"))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import copy
 import os
 import sys
 from collections.abc import Sequence
@@ -18,7 +17,8 @@ import yaml
 from webhook import __version__, admission, logs, server, wiring
 from webhook.config import ConfigError, Settings, env_name
 from webhook.detection import images_to_resolve
-from webhook.mutation import decide, in_document_order
+from webhook.mutation import decide
+from webhook.patch import prefixed
 from webhook.types import ImageConfig, Obj
 from webhook.workloads import InputError, pod_slots, review_pod
 
@@ -170,26 +170,31 @@ def load_documents(filename: str) -> list[Any]:
 
 async def mutate_documents(
     documents: list[Any], settings: Settings, *, stderr: TextIO
-) -> list[tuple[Any, Any]]:
-    """(original, result) per document; result is the mutated object or a response review."""
+) -> list[tuple[Any, Any, list[Obj]]]:
+    """(original, result, patch) per document; result is the mutated object or a response review.
+
+    The patch of a document is the patches of its pods, each moved under the pod's path, so the
+    document is patched exactly as the webhook would patch each of its pods.
+    """
     resolver = wiring.resolver(settings)
     try:
         results = []
         for n, document in enumerate(documents, 1):
             where = f"document {n}"
             if isinstance(document, dict) and document.get("kind") == "AdmissionReview":
-                results.append(
-                    (document, await _review(document, settings, resolver, where, stderr))
-                )
+                response = await _review(document, settings, resolver, where, stderr)
+                encoded = response["response"].get("patch")
+                patch = orjson.loads(base64.b64decode(encoded)) if encoded else []
+                results.append((document, response, patch))
                 continue
-            mutated = copy.deepcopy(document)
-            for slot in list(pod_slots(mutated, where=where)):
+            patch = []
+            for slot in list(pod_slots(document, where=where)):
                 images = await _images(slot.pod, settings, resolver)
                 decision = decide(slot.pod, settings, images=images)
                 _warn(stderr, where, decision.warnings)
-                if decision.patch:
-                    _replace(mutated, slot.path, jsonpatch.apply_patch(slot.pod, decision.patch))
-            results.append((document, mutated))
+                patch += prefixed(decision.patch, slot.path)
+            mutated = jsonpatch.apply_patch(document, patch) if patch else document
+            results.append((document, mutated, patch))
         return results
     finally:
         if resolver is not None:
@@ -217,25 +222,14 @@ async def _review(
     return response
 
 
-def _replace(document: Any, path: tuple[str | int, ...], pod: Obj) -> None:
-    if not path:
-        document.clear()
-        document.update(pod)
-        return
-    parent = document
-    for key in path[:-1]:
-        parent = parent[key]
-    parent[path[-1]] = pod
-
-
 def _warn(stderr: TextIO, where: str, warnings: list[str]) -> None:
     for warning in warnings:
         print(f"Warning: {where}: {warning}", file=stderr)
 
 
-def write_output(results: list[tuple[Any, Any]], output: str, stdout: TextIO) -> None:
+def write_output(results: list[tuple[Any, Any, list[Obj]]], output: str, stdout: TextIO) -> None:
     if output == "patch":
-        patches = [_patch_of(original, result) for original, result in results]
+        patches = [patch for _, _, patch in results]
         stdout.write(
             orjson.dumps(
                 patches[0] if len(patches) == 1 else patches, option=orjson.OPT_INDENT_2
@@ -243,7 +237,7 @@ def write_output(results: list[tuple[Any, Any]], output: str, stdout: TextIO) ->
             + "\n"
         )
         return
-    objects = [result for _, result in results]
+    objects = [result for _, result, _ in results]
     if output == "json":
         value = (
             objects[0]
@@ -253,11 +247,3 @@ def write_output(results: list[tuple[Any, Any]], output: str, stdout: TextIO) ->
         stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     stdout.write(yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False))
-
-
-def _patch_of(original: Any, result: Any) -> Any:
-    """The JSON Patch for one document (for a review, the patch inside its response)."""
-    if isinstance(original, dict) and original.get("kind") == "AdmissionReview":
-        encoded = result["response"].get("patch")
-        return orjson.loads(base64.b64decode(encoded)) if encoded else []
-    return in_document_order(jsonpatch.make_patch(original, result).patch)

@@ -1,9 +1,10 @@
-"""Decide and apply: which env a pod's targets get, as a JSON Patch derived by diff. Pure.
+"""Decide and apply: which env a pod's targets get, as a JSON Patch. Pure.
 
-The pod is never edited in place: the parts the webhook may change (its status annotation, and
-the `env` and `resizePolicy` of target containers, at their indexes) are copied, changed, and
-`jsonpatch.make_patch` derives the patch from the two. Diffing only those parts keeps the
-admission path fast: a whole Pod is dozens of nested objects the webhook never touches.
+The pod is never edited in place. The webhook only ever writes inside three places: its status
+annotation, and the `env` and `resizePolicy` arrays of target containers, addressed by the
+container's index. Each edit to those arrays is logged as the patch op that makes it
+(`webhook.patch.ArrayEdit`), so the patch applies in order by construction and cannot touch a
+container as a whole; tests hold it equal to `jsonpatch.make_patch` of the edited pod.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-import jsonpatch
 import orjson
 
 from webhook import keys
 from webhook.config import Settings
 from webhook.detection import Source, Target, containers_of, opted_out, select_targets
+from webhook.patch import ArrayEdit, Path, op
 from webhook.policy import (
     WorkerPolicy,
     cpu_limit,
@@ -35,7 +36,6 @@ from webhook.types import ImageConfig, Obj, Runtime
 MAX_WARNING = 120
 CPU_LIMIT_MARK = "limits.cpu"  # how the status annotation records the downward-API CPU_LIMIT
 RESIZE_POLICY = {"resourceName": "cpu", "restartPolicy": "RestartContainer"}
-MUTABLE_FIELDS = ("env", "resizePolicy")  # all the webhook ever changes in a container
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ class Decision:
     containers: list[ContainerResult]
     audit: bool = False
     reason: str | None = None  # why nothing was injected, when nothing was
+    edits: tuple[ContainerEdit, ...] = ()  # the arrays the patch edits, as they end up
 
     @property
     def injected(self) -> list[ContainerResult]:
@@ -137,32 +138,29 @@ def decide(
 
     policy, more = pod_policy(settings, annotations)
     warnings += more
-    before = _projection(pod, {t.name for t in targets})
-    after = orjson.loads(orjson.dumps(before))  # a deep copy; JSON data copies fastest this way
-    containers = [c for c, _ in containers_of(pod)]
-    names = [c.get("name") for c in containers]
-    originals = dict(zip(names, containers, strict=True))
-    writable = dict(zip(names, _containers(after), strict=True))
+    located = _locate(pod)
     env_context = _EnvContext(
         previous=_previous_status(annotations),
         override=str(annotations.get(keys.OVERRIDE, "")).strip().lower() == "true",
         configmaps=configmaps or {},
     )
     results = []
+    edits = []
     for target in targets:
-        container = originals[target.name]
-        result, found = _apply(
-            pod, container, writable[target.name], target, policy, settings, env_context
+        path, container = located[target.name]
+        edit = ContainerEdit(
+            path,
+            ArrayEdit((*path, "env"), container.get("env")),
+            ArrayEdit((*path, "resizePolicy"), container.get("resizePolicy")),
         )
+        result, found = _apply(pod, container, edit, target, policy, settings, env_context)
         results.append(result)
+        edits.append(edit)
         warnings += found
         image = images.get(container.get("image", ""))
         warnings += flag_warnings(target.name, target.server, _plain_env(container, image))
 
-    status = {r.name: r.status() for r in results}
-    after["metadata"]["annotations"] = {
-        keys.STATUS: orjson.dumps(status, option=orjson.OPT_SORT_KEYS).decode(),
-    }
+    status = orjson.dumps({r.name: r.status() for r in results}, option=orjson.OPT_SORT_KEYS)
     injected = [r for r in results if r.set]
     reason = None if injected else "no-cpu-limit"
     if audit:
@@ -170,26 +168,20 @@ def decide(
             values = ", ".join(f"{k}={v}" for k, v in r.set.items())
             warnings.append(f"audit: would set {values} in {r.name!r}")
         return Decision([], _clean(warnings), results, True, reason)
-    patch = in_document_order(jsonpatch.make_patch(before, after).patch)
-    return Decision(patch, _clean(warnings), results, False, reason)
+    edits.sort(key=lambda e: e.path)
+    patch = _status_ops(pod, status.decode())
+    for edit in edits:
+        patch += edit.env.ops() + edit.resize.ops()
+    return Decision(patch, _clean(warnings), results, False, reason, tuple(edits))
 
 
-def in_document_order(patch: list[Obj]) -> list[Obj]:
-    """Annotations first, then each container's ops, so the same change reads the same each time.
+@dataclass(frozen=True)
+class ContainerEdit:
+    """The edits to one target container's arrays, at the container's path in the pod."""
 
-    jsonpatch visits sibling dict keys in set order, which varies between processes; ops on
-    different keys are independent, and the stable sort keeps each array's ops in sequence.
-    Works at any depth (a Pod, or the pod template of a workload).
-    """
-
-    def place(op: Obj) -> tuple[int, str, int, str]:
-        parts = op["path"].split("/")
-        for i, part in enumerate(parts[:-2]):
-            if part in ("containers", "initContainers") and parts[i + 1].isdigit():
-                return (1, "/".join(parts[: i + 1]), int(parts[i + 1]), parts[i + 2])
-        return (0, op["path"], 0, "")
-
-    return sorted(patch, key=place)
+    path: Path
+    env: ArrayEdit
+    resize: ArrayEdit
 
 
 @dataclass(frozen=True)
@@ -199,37 +191,32 @@ class _EnvContext:
     configmaps: Mapping[str, frozenset[str]]
 
 
-def _projection(pod: Obj, targets: set[str]) -> Obj:
-    """The parts of the pod the webhook may change, at the same paths, mirroring which keys exist.
-
-    Each target container is cut to its `env` and `resizePolicy`, every other container to `{}`
-    (kept, so that indexes in the patch are the pod's).
-    """
+def _locate(pod: Obj) -> dict[str, tuple[Path, Obj]]:
+    """Each container by name, with its path in the pod (the first, if a name repeats)."""
     spec = pod.get("spec") or {}
-
-    def cut(containers: list[Obj]) -> list[Obj]:
-        return [
-            {k: c[k] for k in MUTABLE_FIELDS if k in c} if c.get("name") in targets else {}
-            for c in containers
-        ]
-
-    projected: Obj = {"metadata": {}, "spec": {"containers": cut(spec.get("containers") or [])}}
-    metadata = pod.get("metadata") or {}
-    if "annotations" in metadata:  # only the status annotation is ever written
-        annotations = metadata["annotations"]
-        projected["metadata"]["annotations"] = (
-            None
-            if annotations is None
-            else {k: v for k, v in annotations.items() if k == keys.STATUS}
-        )
-    if "initContainers" in spec:
-        projected["spec"]["initContainers"] = cut(spec["initContainers"] or [])
-    return projected
+    found: dict[str, tuple[Path, Obj]] = {}
+    for field_name in ("initContainers", "containers"):
+        for index, container in enumerate(spec.get(field_name) or []):
+            name = container.get("name") if isinstance(container, dict) else None
+            if isinstance(name, str) and name not in found:
+                found[name] = (("spec", field_name, index), container)
+    return found
 
 
-def _containers(projection: Obj) -> list[Obj]:
-    spec = projection["spec"]
-    return [*(spec.get("initContainers") or []), *spec["containers"]]
+def _status_ops(pod: Obj, status: str) -> list[Obj]:
+    """Write the status annotation, creating `metadata` or `annotations` where they are missing."""
+    metadata = pod.get("metadata")
+    if not isinstance(metadata, dict):  # missing, or null (a shape check refused the rest)
+        verb = "replace" if "metadata" in pod else "add"
+        return [op(verb, ("metadata",), {"annotations": {keys.STATUS: status}})]
+    annotations = metadata.get("annotations")
+    if not isinstance(annotations, dict):
+        verb = "replace" if "annotations" in metadata else "add"
+        return [op(verb, ("metadata", "annotations"), {keys.STATUS: status})]
+    if annotations.get(keys.STATUS) == status:
+        return []
+    verb = "replace" if keys.STATUS in annotations else "add"
+    return [op(verb, ("metadata", "annotations", keys.STATUS), status)]
 
 
 def _previous_status(annotations: Mapping[str, Any]) -> Mapping[str, Obj]:
@@ -266,16 +253,16 @@ def _entry(name: str, value: str, container_name: str) -> Obj:
 def _apply(
     pod: Obj,
     container: Obj,
-    writable: Obj,
+    edit: ContainerEdit,
     target: Target,
     policy: WorkerPolicy,
     settings: Settings,
     ctx: _EnvContext,
 ) -> tuple[ContainerResult, list[str]]:
-    """Decide from the original `container`; write env and resizePolicy into its `writable` copy."""
+    """Decide from the original `container`; log the env and resizePolicy changes in `edit`."""
     cpu, why = cpu_limit(pod, container)
     if cpu is None:
-        _remove_own(writable, target.name, ctx)
+        _remove_own(edit.env, target.name, ctx)
         return ContainerResult(target.name, target.runtime, target.source, skipped=why), [why or ""]
     warnings = []
     workers = worker_count(cpu.value, policy, memory=memory_limit(container))
@@ -291,17 +278,17 @@ def _apply(
         desired[keys.PYTHON_CPU_COUNT] = str(python_cpu_count(cpu.value))
 
     ours = (ctx.previous.get(target.name) or {}).get("set") or {}
-    env: list[Obj] = writable.setdefault("env", [])
+    env = edit.env
     applied: dict[str, str] = {}
     kept: list[str] = []
     unread: dict[str, list[str]] = {}  # envFrom source that could not be read -> names skipped
     for name in keys.INJECTED_ENV:
-        index = next((i for i, e in enumerate(env) if e.get("name") == name), None)
-        mine = index is not None and _is_own(env[index], ours, target.name)
+        index = next((i for i, e in enumerate(env.items) if e.get("name") == name), None)
+        mine = index is not None and _is_own(env.items[index], ours, target.name)
         blocked, unreadable = _user_owns(container, name, index, mine=mine, ctx=ctx)
         if name not in desired or blocked:
             if mine and index is not None:
-                del env[index]
+                env.delete(index)
             if blocked and name in desired:
                 kept.append(name)
                 if unreadable:
@@ -311,14 +298,12 @@ def _apply(
         if index is None:
             env.append(entry)
         else:
-            env[index] = entry
+            env.replace(index, entry)
         applied[name] = desired[name]
-    if not env:
-        del writable["env"]
     for source, names in unread.items():
         warnings.append(f"{target.name!r}: {source} not read; {', '.join(names)} not set")
     if settings.resize_restart and not target.init and keys.WEB_CONCURRENCY in applied:
-        _add_resize_policy(writable)
+        _add_resize_policy(edit.resize)
     result = ContainerResult(
         target.name,
         target.runtime,
@@ -359,15 +344,14 @@ def _user_owns(
     return False, None
 
 
-def _remove_own(container: Obj, name: str, ctx: _EnvContext) -> None:
+def _remove_own(env: ArrayEdit, name: str, ctx: _EnvContext) -> None:
     """A target that lost its CPU limit since an earlier pass loses the env set then."""
     ours = (ctx.previous.get(name) or {}).get("set") or {}
-    env = container.get("env")
-    if not ours or not env:
+    if not ours:
         return
-    container["env"] = [e for e in env if not _is_own(e, ours, name)]
-    if not container["env"]:
-        del container["env"]
+    for index in reversed(range(len(env.items))):
+        if _is_own(env.items[index], ours, name):
+            env.delete(index)
 
 
 def _is_own(entry: Obj, ours: Mapping[str, str], container_name: str) -> bool:
@@ -378,9 +362,8 @@ def _is_own(entry: Obj, ours: Mapping[str, str], container_name: str) -> bool:
     )
 
 
-def _add_resize_policy(container: Obj) -> None:
-    policies: list[Obj] = container.setdefault("resizePolicy", [])
-    if not any(p.get("resourceName") == "cpu" for p in policies):
+def _add_resize_policy(policies: ArrayEdit) -> None:
+    if not any(p.get("resourceName") == "cpu" for p in policies.items):
         policies.append(dict(RESIZE_POLICY))
 
 
