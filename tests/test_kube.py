@@ -15,13 +15,16 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client, config
 
+from webhook.config import Settings
 from webhook.kube import ConfigMapReader
 from webhook.types import EnvSourceReader
+from webhook.wiring import in_cluster_problem
 
 NAMESPACE = "shop"
 CONFIGMAP_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/configmaps/([^/?]+)$")
@@ -225,3 +228,29 @@ def test_in_cluster_outside_a_cluster_says_so(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
     with pytest.raises(config.ConfigException):
         ConfigMapReader.in_cluster()
+
+
+def test_a_kubeconfig_replaces_the_in_cluster_account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONCURRENCY_INJECTOR_KUBECONFIG: a process outside a cluster uses that file's credentials."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443'}}]\n"
+        "users: [{name: u, user: {token: the-token}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    reader = ConfigMapReader.in_cluster(str(kubeconfig))
+    configuration = reader._api.api_client.configuration  # type: ignore[attr-defined]
+    assert configuration.host == "https://127.0.0.1:6443"
+    assert configuration.api_key == {"BearerToken": "Bearer the-token"}
+    settings = Settings(read_configmaps=True, kubeconfig=str(kubeconfig))
+    assert in_cluster_problem(settings) is None
+    missing = Settings(read_configmaps=True, kubeconfig=str(tmp_path / "absent"))
+    problem = in_cluster_problem(missing)
+    assert problem is not None
+    assert problem.startswith(
+        f"CONCURRENCY_INJECTOR_READ_CONFIGMAPS=true: CONCURRENCY_INJECTOR_KUBECONFIG={tmp_path}/absent: "
+    )

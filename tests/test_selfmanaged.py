@@ -618,11 +618,31 @@ def test_target_from_settings_names_what_is_missing(tmp_path: Path) -> None:
         service_name: str | None = SERVICE
         cert_file = str(tmp_path / "tls.crt")
         key_file = str(tmp_path / "tls.key")
+        tls_cert_lifetime = 120.0
+        tls_resync_seconds = 5.0
+        kubeconfig = "/etc/kubeconfig"
 
     target = Target.from_settings(Settings())
     assert target.names == NAMES
     assert target.cert_file == tmp_path / "tls.crt"
+    assert target.leaf_lifetime == dt.timedelta(seconds=120)
+    assert target.resync_interval == 5.0
+    assert target.kubeconfig == "/etc/kubeconfig"
     broken = Settings()
     broken.service_name = None
     with pytest.raises(ValueError, match="CONCURRENCY_INJECTOR_SERVICE_NAME"):
         Target.from_settings(broken)
+
+
+def test_a_short_lived_certificate_is_not_due_for_renewal_when_issued() -> None:
+    """The backdate is a small part of a short lifetime: renewal comes at 2/3 of it, not at once."""
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    lifetime = dt.timedelta(seconds=60)
+    material = plan(None, NAMES, now=now, leaf_lifetime=lifetime)
+    assert material is not None
+    assert material.leaf.cert.not_valid_after_utc == now + lifetime
+    assert plan(material, NAMES, now=now + dt.timedelta(seconds=30), leaf_lifetime=lifetime) is None
+    renewed = plan(material, NAMES, now=now + dt.timedelta(seconds=40), leaf_lifetime=lifetime)
+    assert renewed is not None
+    assert renewed.ca == material.ca
+    assert renewed.leaf != material.leaf

@@ -113,13 +113,16 @@ def build_leaf(
         raise ValueError("the CA key is not an EC key")
     key = ec.generate_private_key(ec.SECP256R1())
     not_after = min(now + lifetime, ca_cert.not_valid_after_utc)
+    # The backdate counts in the lifetime that rotation measures: keep it a small part of it,
+    # or a short-lived certificate would be due for renewal the moment it is issued.
+    backdate = min(BACKDATE, lifetime / 10)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
+        .not_valid_before(now - backdate)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)

@@ -27,6 +27,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # Past these a value is a typo, not a plan (pod annotations are held to them too).
 MAX_WORKERS_PER_CPU = 100
 MAX_WORKER_COUNT = 4096
+# Seconds: a serving certificate shorter-lived than this would be renewed before it is served.
+MIN_CERT_LIFETIME = 60
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off", "")
 
@@ -75,6 +77,13 @@ class Settings:
     webhook_config: str | None = None
     service_name: str | None = None
     namespace: str | None = None
+    # Lifetime of the self-managed serving certificate (renewed at 2/3 of it), and how often
+    # every replica re-reads the Secret. Short values are for tests of the renewal.
+    tls_cert_lifetime: float = 365 * 24 * 3600.0
+    tls_resync_seconds: float = 60.0
+    # Outside a cluster only: a kubeconfig for the Kubernetes API calls (ConfigMap reads,
+    # self-managed TLS) instead of the pod's service account.
+    kubeconfig: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -105,6 +114,11 @@ class Settings:
         if not 0 < self.registry_timeout <= 30:
             raise ConfigError(
                 f"{env_name('registry_timeout')}={self.registry_timeout}: must be 0 to 30 seconds"
+            )
+        if self.tls_cert_lifetime < MIN_CERT_LIFETIME:
+            raise ConfigError(
+                f"{env_name('tls_cert_lifetime')}={self.tls_cert_lifetime:g}: "
+                f"must be at least {MIN_CERT_LIFETIME} seconds"
             )
         if "/" not in self.platform:
             raise ConfigError(f"{env_name('platform')}={self.platform!r}: expected os/arch")
@@ -226,6 +240,8 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "log_level": _choice(LOG_LEVELS),
     "log_format": _choice(LOG_FORMATS),
     "tls_self_managed": _bool,
+    "tls_cert_lifetime": _seconds,
+    "tls_resync_seconds": _seconds,
     "platform": str,
     "host": str,
 }

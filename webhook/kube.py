@@ -32,12 +32,21 @@ class ConfigMapsApi(Protocol):
     ) -> Any: ...
 
 
-def in_cluster_api_client() -> Any:
-    """A `kubernetes.client.ApiClient` with the pod's service account (in-cluster config)."""
+def api_client(kubeconfig: str | None = None) -> Any:
+    """A `kubernetes.client.ApiClient`: the pod's service account, or a kubeconfig file.
+
+    In a cluster `kubeconfig` is None and the in-cluster config is used (the token file is
+    re-read as the kubelet rotates it). Outside a cluster (CONCURRENCY_INJECTOR_KUBECONFIG),
+    the file's current context is used, so a process on a host can run with a ServiceAccount
+    token and be held to the same RBAC as the pod.
+    """
     from kubernetes import client, config
 
     configuration = client.Configuration()
-    config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     return client.ApiClient(configuration)
 
 
@@ -70,11 +79,11 @@ class ConfigMapReader:
         self._lock = threading.Lock()
 
     @classmethod
-    def in_cluster(cls) -> ConfigMapReader:
-        """A reader with the pod's service account."""
+    def in_cluster(cls, kubeconfig: str | None = None) -> ConfigMapReader:
+        """A reader with the pod's service account (or the kubeconfig's credentials)."""
         from kubernetes import client
 
-        return cls(client.CoreV1Api(in_cluster_api_client()))
+        return cls(client.CoreV1Api(api_client(kubeconfig)))
 
     def _cached(self, namespace: str, name: str) -> frozenset[str] | None:
         with self._lock:

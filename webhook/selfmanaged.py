@@ -74,6 +74,9 @@ class Target:
     service_name: str
     cert_file: Path
     key_file: Path
+    leaf_lifetime: dt.timedelta = certs.LEAF_LIFETIME
+    resync_interval: float = RESYNC_INTERVAL
+    kubeconfig: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -100,6 +103,9 @@ class Target:
             service_name=str(settings.service_name),
             cert_file=Path(str(settings.cert_file)),
             key_file=Path(str(settings.key_file)),
+            leaf_lifetime=dt.timedelta(seconds=settings.tls_cert_lifetime),
+            resync_interval=settings.tls_resync_seconds,
+            kubeconfig=settings.kubeconfig,
         )
 
 
@@ -118,6 +124,12 @@ class SelfManagedSettings(Protocol):
     def cert_file(self) -> str | None: ...
     @property
     def key_file(self) -> str | None: ...
+    @property
+    def tls_cert_lifetime(self) -> float: ...
+    @property
+    def tls_resync_seconds(self) -> float: ...
+    @property
+    def kubeconfig(self) -> str | None: ...
 
 
 class SecretsApi(Protocol):
@@ -232,7 +244,11 @@ def _leaf_reason(
 
 
 def plan(
-    current: Material | None, names: list[str], *, now: dt.datetime | None = None
+    current: Material | None,
+    names: list[str],
+    *,
+    now: dt.datetime | None = None,
+    leaf_lifetime: dt.timedelta = certs.LEAF_LIFETIME,
 ) -> Material | None:
     """What the Secret should hold from now on, or None when `current` needs no change.
 
@@ -244,7 +260,8 @@ def plan(
     now = now or _now()
     if current is None or not _ca_usable(current.ca, now):
         ca = certs.build_ca(now=now)
-        return Material(ca=ca, leaf=certs.build_leaf(ca, names, now=now), trust=ca.cert_pem)
+        leaf = certs.build_leaf(ca, names, lifetime=leaf_lifetime, now=now)
+        return Material(ca=ca, leaf=leaf, trust=ca.cert_pem)
 
     ca, leaf = current.ca, current.leaf
     old_trust = certs.load_bundle(current.trust)
@@ -254,7 +271,7 @@ def plan(
         log.info("issuing a new serving certificate: %s", reason)
         # Signed by the CA in force now: in a round that also renews the CA, that is the old
         # one, which the API servers already trust; the move to the new CA comes later.
-        leaf = certs.build_leaf(ca, names, now=now)
+        leaf = certs.build_leaf(ca, names, lifetime=leaf_lifetime, now=now)
     if certs.needs_rotation(ca.cert, now=now):
         log.info("renewing the CA; the old one stays trusted until it expires")
         ca = certs.build_ca(now=now)
@@ -266,14 +283,18 @@ def plan(
 
 
 def next_material(
-    read: Material | None, names: list[str], *, now: dt.datetime | None = None
+    read: Material | None,
+    names: list[str],
+    *,
+    now: dt.datetime | None = None,
+    leaf_lifetime: dt.timedelta = certs.LEAF_LIFETIME,
 ) -> tuple[Material, bool]:
     """The material to use after reading the Secret, and whether it must be written back.
 
     After losing a write (409), the re-read material of the winner is used as is when `plan`
     has nothing to change in it: that is how replicas starting together converge on one CA.
     """
-    wanted = plan(read, names, now=now)
+    wanted = plan(read, names, now=now, leaf_lifetime=leaf_lifetime)
     if wanted is None:
         assert read is not None  # plan() only returns None for material it could keep
         return read, False
@@ -326,7 +347,9 @@ def sync_secret(api: SecretsApi, target: Target, *, now: dt.datetime | None = No
     for _ in range(MAX_CONFLICTS):
         secret = _read_secret(api, target)
         data = getattr(secret, "data", None) if secret is not None else None
-        material, write = next_material(decode_secret(data), target.names, now=now)
+        material, write = next_material(
+            decode_secret(data), target.names, now=now, leaf_lifetime=target.leaf_lifetime
+        )
         if not write:
             return material
         try:
@@ -445,14 +468,17 @@ def ensure_certificates(
     return material.leaf
 
 
-def in_cluster_apis() -> tuple[SecretsApi, WebhookConfigApi]:
-    """The two API groups self-managed TLS uses, with the pod's service account."""
+def in_cluster_apis(kubeconfig: str | None = None) -> tuple[SecretsApi, WebhookConfigApi]:
+    """The two API groups self-managed TLS uses, with the pod's service account.
+
+    Outside a cluster, with the credentials of `kubeconfig` (CONCURRENCY_INJECTOR_KUBECONFIG).
+    """
     from kubernetes import client
 
-    from webhook.kube import in_cluster_api_client
+    from webhook.kube import api_client
 
-    api_client = in_cluster_api_client()
-    return client.CoreV1Api(api_client), client.AdmissionregistrationV1Api(api_client)
+    shared = api_client(kubeconfig)
+    return client.CoreV1Api(shared), client.AdmissionregistrationV1Api(shared)
 
 
 async def run_self_managed(
@@ -461,17 +487,18 @@ async def run_self_managed(
     *,
     core: SecretsApi | None = None,
     admission: WebhookConfigApi | None = None,
-    interval: float = RESYNC_INTERVAL,
+    interval: float | None = None,
 ) -> None:
-    """Re-sync every `interval` seconds (with jitter) until `stop` is set.
+    """Re-sync every `interval` seconds (default: the target's), with jitter, until `stop` is set.
 
     The blocking client runs in a thread, off the event loop. A failed round is logged and the
     current certificate stays in service; the next round tries again.
     """
     if core is None or admission is None:
-        core, admission = in_cluster_apis()
+        core, admission = in_cluster_apis(target.kubeconfig)
+    period = target.resync_interval if interval is None else interval
     while not stop.is_set():
-        delay = interval * random.uniform(0.9, 1.1)  # spreads replicas; not security
+        delay = period * random.uniform(0.9, 1.1)  # spreads replicas; not security
         try:
             await asyncio.wait_for(stop.wait(), timeout=delay)
             return

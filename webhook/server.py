@@ -105,7 +105,7 @@ def prepare_self_managed(settings: Settings) -> None:
     from webhook import selfmanaged
 
     target = selfmanaged.Target.from_settings(settings)
-    core, admission = selfmanaged.in_cluster_apis()
+    core, admission = selfmanaged.in_cluster_apis(settings.kubeconfig)
     selfmanaged.ensure_certificates(core, admission, target=target)
 
 

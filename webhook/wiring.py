@@ -43,12 +43,14 @@ def in_cluster_problem(settings: Settings) -> str | None:
         return None
     from kubernetes.config import ConfigException
 
-    from webhook.kube import in_cluster_api_client
+    from webhook.kube import api_client
 
     try:
-        in_cluster_api_client()
+        api_client(settings.kubeconfig)
     except ConfigException as exc:
         wanted = ", ".join(f"CONCURRENCY_INJECTOR_{n}=true" for n in needs)
+        if settings.kubeconfig:
+            return f"{wanted}: CONCURRENCY_INJECTOR_KUBECONFIG={settings.kubeconfig}: {exc}"
         return f"{wanted} needs the in-cluster service account: {exc}"
     return None
 
@@ -59,4 +61,4 @@ def env_reader(settings: Settings) -> EnvSourceReader | None:
         return None
     from webhook.kube import ConfigMapReader
 
-    return ConfigMapReader.in_cluster()
+    return ConfigMapReader.in_cluster(settings.kubeconfig)
