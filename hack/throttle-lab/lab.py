@@ -290,6 +290,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="seconds of warm-up per endpoint (0: none)")
     parser.add_argument("--out", type=Path, help="output folder")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite results.md and the plots from OUT/results.json")
     parser.set_defaults(mode="quick")
     args = parser.parse_args(argv)
     if args.mode != "check":
@@ -315,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.mode == "check":
         return check()
+    if args.report_only:
+        results = json.loads((args.out / "results.json").read_text())
+        report.write(results, args.out, plots=not args.no_plots)
+        return 0
     quotas = [float(q) for q in args.quotas.split(",")]
     names = tuple(n for n in args.configs.split(",") if n)
     servers = tuple(s for s in args.servers.split(",") if s in configs.SERVERS)

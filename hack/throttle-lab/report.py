@@ -86,6 +86,33 @@ def table(groups: dict[Key, list[Obj]], endpoint: str, level: str) -> list[str]:
     return lines
 
 
+def headline(groups: dict[Key, list[Obj]], quota: float) -> list[str]:
+    """One row per configuration at `quota`: the figures the README quotes."""
+    lines = [
+        "| server | configuration | workers | /cpu saturated: req/s | p99 ms | throttled s/s "
+        "| periods throttled | /cpu light: p99 ms | /mixed saturated: req/s | p99 ms | PSS MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    seen = sorted({(k[0], k[1]) for k in groups if k[2] == quota},
+                  key=lambda s: (SERVER_ORDER.index(s[0]), CONFIG_ORDER.index(s[1])))
+    for server, config in seen:
+        def cell(endpoint: str, level: str, field: str, spec: str = ".0f",
+                 server: str = server, config: str = config) -> str:
+            return spread(groups.get((server, config, quota, endpoint, level), []), field, spec)
+
+        runs = groups.get((server, config, quota, "cpu", "saturated"), [])
+        shape = next((r["shape"] for k, rs in groups.items() for r in rs
+                      if k[:3] == (server, config, quota)), "?")
+        lines.append(
+            f"| {server} | {config} | {shape} | {cell('cpu', 'saturated', 'rps')} "
+            f"| {cell('cpu', 'saturated', 'p99_ms')} "
+            f"| {cell('cpu', 'saturated', 'throttled_s_per_s', '.2f')} "
+            f"| {_throttled_share(runs)} | {cell('cpu', 'light', 'p99_ms')} "
+            f"| {cell('mixed', 'saturated', 'rps')} | {cell('mixed', 'saturated', 'p99_ms')} "
+            f"| {cell('cpu', 'saturated', 'pss_mib')} |")
+    return lines
+
+
 def markdown(results: Obj) -> str:
     meta = results["meta"]
     groups = group(results["runs"])
@@ -93,8 +120,8 @@ def markdown(results: Obj) -> str:
     out = [
         "# Throttle lab results",
         "",
-        f"Mode `{meta['mode']}` at `{meta['commit']}`, {meta['started']} to {meta['finished']} "
-        f"({meta['wall_s']} s); "
+        f"Mode `{meta['mode']}` at `{meta.get('commit', '?')}`, {meta['started']} to "
+        f"{meta['finished']} ({meta['wall_s']} s); "
         f"{meta['host_cpus']} host CPUs, kernel {meta['kernel']}, cgroup {meta['cgroup']}, "
         f"CFS period {meta['period_ms']} ms; {meta['duration_s']} s per run, "
         f"{meta['repeats']} repeats (interleaved: every configuration once per repeat), "
@@ -117,6 +144,8 @@ def markdown(results: Obj) -> str:
         "CPU seconds per second. `PSS MiB`: proportional set size summed over the server's "
         "processes after the run.",
     ]
+    if 1.0 in meta["quotas"]:
+        out += ["", "## At 1 CPU, side by side", "", *headline(groups, 1.0)]
     for level in meta["levels"]:
         lv = meta["levels"][level]
         how = (f"{lv['connections']} connections back to back" if not lv["think_ms_at_1cpu"]
