@@ -154,7 +154,8 @@ cmd_build() {
     [ -f "$MODULES/etcd-v$ETCD_VERSION/go.mod" ] || die "no pinned module for etcd $ETCD_VERSION"
     go_build "$MODULES/etcd-v$ETCD_VERSION" "$CACHE/etcd-$ETCD_VERSION/bin" \
         "-s -w" go.etcd.io/etcd/server/v3
-    ln -sf "$CACHE/etcd-$ETCD_VERSION/bin/v3" "$bin/etcd"
+    # The module root's package is named after its directory: server.
+    ln -sf "$CACHE/etcd-$ETCD_VERSION/bin/server" "$bin/etcd"
     "$bin/kube-apiserver" --version >&2
     echo "control-plane: build of $version took $(($(date +%s) - started)) s" >&2
 }
@@ -363,4 +364,5 @@ main() {
     esac
 }
 
-main "$@"
+# On one line with main, so a script edited while it runs is never read past this point.
+main "$@"; exit $?
