@@ -19,6 +19,7 @@ from webhook.types import AdmissionResponse, AdmissionReview, ImageConfig, Obj
 API_VERSION = "admission.k8s.io/v1"
 OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
 FAIL_OPEN_WARNING = "concurrency-injector: internal error, pod admitted unchanged"
+BRIEF = 64  # characters of a caller's value that an error message quotes
 
 
 class ReviewError(ValueError):
@@ -34,14 +35,23 @@ def parse_review(body: bytes) -> AdmissionReview:
     return check_review(data)
 
 
+def brief(value: Any) -> str:
+    """A value for an error message: short, never the caller's megabytes or deep nesting."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= BRIEF else value[:BRIEF] + "...")
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)[:BRIEF]
+    return "a JSON object" if isinstance(value, dict) else "a JSON array"
+
+
 def check_review(data: Any) -> AdmissionReview:
     """Check decoded JSON is an AdmissionReview v1 request; ReviewError names what is wrong."""
     if not isinstance(data, dict):
         raise ReviewError("body is not a JSON object")
     if data.get("kind") != "AdmissionReview":
-        raise ReviewError(f"kind must be AdmissionReview, got {data.get('kind')!r}")
+        raise ReviewError(f"kind must be AdmissionReview, got {brief(data.get('kind'))}")
     if data.get("apiVersion") != API_VERSION:
-        raise ReviewError(f"apiVersion must be {API_VERSION}, got {data.get('apiVersion')!r}")
+        raise ReviewError(f"apiVersion must be {API_VERSION}, got {brief(data.get('apiVersion'))}")
     request = data.get("request")
     if not isinstance(request, dict):
         raise ReviewError("request is missing or not an object")
@@ -52,6 +62,8 @@ def check_review(data: Any) -> AdmissionReview:
     for name in ("kind", "resource"):
         if not isinstance(request.get(name), dict):
             raise ReviewError(f"request.{name} is missing or not an object")
+    for name in ("namespace", "name", "subResource"):
+        _optional(request.get(name), str, f"request.{name}")
     obj = request.get("object")
     if obj is not None and not isinstance(obj, dict):
         raise ReviewError("request.object is not an object")
@@ -72,52 +84,95 @@ def is_pod_create(review: AdmissionReview) -> bool:
 
 
 def check_pod(pod: Obj) -> None:
-    """Reject shapes no API server would send, before deciding on them."""
+    """Reject shapes no API server would send, before deciding on them.
+
+    Every field the webhook reads is checked for the type the Pod schema gives it, so a
+    malformed pod is the caller's fault (400), never an internal error that fails open.
+    """
+    metadata = pod.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise ReviewError("pod metadata is not an object")
+        for name in ("name", "generateName", "namespace"):
+            _optional(metadata.get(name), str, f"pod metadata.{name}")
+        annotations = metadata.get("annotations")
+        if annotations is not None and not (
+            isinstance(annotations, dict) and all(isinstance(v, str) for v in annotations.values())
+        ):
+            raise ReviewError("pod metadata.annotations is not an object of strings")
     spec = pod.get("spec")
     if not isinstance(spec, dict):
         raise ReviewError("pod has no spec object")
     if not isinstance(spec.get("containers"), list) or not spec["containers"]:
         raise ReviewError("pod spec.containers is missing or empty")
-    if not isinstance(spec.get("initContainers") or [], list):
-        raise ReviewError("pod spec.initContainers is not a list")
-    if not isinstance(spec.get("resources") or {}, dict):
-        raise ReviewError("pod spec.resources is not an object")
+    _optional(spec.get("initContainers"), list, "pod spec.initContainers")
+    _check_resources(spec.get("resources"), "spec.resources")
     for field_name in ("containers", "initContainers"):
         for i, container in enumerate(spec.get(field_name) or []):
             _check_container(container, f"spec.{field_name}[{i}]")
-    metadata = pod.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise ReviewError("pod metadata is not an object")
-    if not isinstance((metadata or {}).get("annotations") or {}, dict):
-        raise ReviewError("pod metadata.annotations is not an object")
+
+
+# The container fields the webhook reads, with the types the Pod schema gives them.
+_STRING_LISTS = ("command", "args")
+_OBJECT_LISTS = ("env", "envFrom", "resizePolicy")
+_ITEM_STRINGS = {
+    "env": ("name", "value"),
+    "envFrom": ("prefix",),
+    "resizePolicy": ("resourceName", "restartPolicy"),
+}
+_ENV_SOURCES = ("configMapRef", "secretRef")
+_TYPE_NAMES: dict[type, str] = {str: "a string", dict: "an object", list: "a list"}
 
 
 def _check_container(container: Any, where: str) -> None:
-    """The container fields the webhook reads have the types the Pod schema gives them."""
     if not isinstance(container, dict) or not isinstance(container.get("name"), str):
         raise ReviewError(f"{where} is not a container with a name")
-    for name, item_type in (
-        ("command", str),
-        ("args", str),
-        ("env", dict),
-        ("envFrom", dict),
-        ("resizePolicy", dict),
-    ):
+    for name in ("image", "restartPolicy"):
+        _optional(container.get(name), str, f"{where}.{name}")
+    for name in (*_STRING_LISTS, *_OBJECT_LISTS):
         items = container.get(name)
         if items is None:
             continue
         if not isinstance(items, list):
             raise ReviewError(f"{where}.{name} is not a list")
+        item_type = str if name in _STRING_LISTS else dict
         if not all(isinstance(item, item_type) for item in items):
             kind = "strings" if item_type is str else "objects"
             raise ReviewError(f"{where}.{name} has items that are not {kind}")
+        for i, item in enumerate(items if item_type is dict else ()):
+            for key in _ITEM_STRINGS[name]:
+                _optional(item.get(key), str, f"{where}.{name}[{i}].{key}")
     if not all(isinstance(e.get("name"), str) for e in container.get("env") or []):
         raise ReviewError(f"{where}.env has an entry without a name")
-    resources = container.get("resources") or {}
-    if not isinstance(resources, dict) or not all(
-        isinstance(resources.get(k) or {}, dict) for k in ("limits", "requests")
-    ):
-        raise ReviewError(f"{where}.resources is not an object of limits and requests")
+    for i, entry in enumerate(container.get("env") or []):
+        _optional(entry.get("valueFrom"), dict, f"{where}.env[{i}].valueFrom")
+    for i, source in enumerate(container.get("envFrom") or []):
+        for key in _ENV_SOURCES:
+            ref = source.get(key)
+            _optional(ref, dict, f"{where}.envFrom[{i}].{key}")
+            _optional((ref or {}).get("name"), str, f"{where}.envFrom[{i}].{key}.name")
+    _check_resources(container.get("resources"), f"{where}.resources")
+
+
+def _check_resources(resources: Any, where: str) -> None:
+    """limits and requests: objects of quantities (strings, or numbers as YAML writes them)."""
+    if resources is None:
+        return
+    if not isinstance(resources, dict):
+        raise ReviewError(f"{where} is not an object of limits and requests")
+    for key in ("limits", "requests"):
+        values = resources.get(key)
+        _optional(values, dict, f"{where}.{key}")
+        for name, value in (values or {}).items():
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise ReviewError(f"{where}.{key}.{brief(name)} is not a quantity")
+
+
+def _optional(value: Any, kind: type, where: str) -> None:
+    """A field that may be absent or null, and otherwise has one JSON type."""
+    if value is not None and not isinstance(value, kind):
+        expected = _TYPE_NAMES.get(kind, kind.__name__)
+        raise ReviewError(f"{where} is not {expected}")
 
 
 def pod_of(review: AdmissionReview) -> Obj:

@@ -196,8 +196,9 @@ class Webhook:
 
 
 def _pod_name(pod: Obj, namespace: str) -> str:
+    """namespace/name for the log line; a checked pod's names are strings (or absent)."""
     metadata = pod.get("metadata") or {}
-    name = metadata.get("name") or (metadata.get("generateName") or "") + "*"
+    name = metadata.get("name") or f"{metadata.get('generateName') or ''}*"
     return f"{namespace}/{name}"
 
 

@@ -30,10 +30,20 @@ def pod_key(pod: Obj) -> bytes | None:
     """A digest of the parts of a pod that checking and deciding read; None if not a pod shape."""
     try:
         spec = pod.get("spec") or {}
+        metadata = pod.get("metadata")
         return _digest(
             orjson.dumps(
                 [
-                    (pod.get("metadata") or {}).get("annotations"),
+                    # The patch creates metadata or annotations where they are missing.
+                    "metadata" in pod,
+                    type(metadata).__name__,
+                    metadata.get("annotations") if isinstance(metadata, dict) else None,
+                    isinstance(metadata, dict) and "annotations" in metadata,
+                    [  # checked, though not decided on: only their types
+                        type(metadata.get(k)).__name__
+                        for k in ("name", "generateName", "namespace")
+                        if isinstance(metadata, dict)
+                    ],
                     spec.get("containers"),
                     spec.get("initContainers"),
                     spec.get("resources"),

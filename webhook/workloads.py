@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.admission import ReviewError, check_pod, check_review
+from webhook.admission import ReviewError, brief, check_pod, check_review
 from webhook.types import Obj
 
 # Where each kind keeps the pod it runs, as a path of keys.
@@ -52,7 +52,7 @@ def pod_slots(document: Any, *, where: str) -> Iterator[PodSlot]:
         raise InputError(f"{where}: an AdmissionReview is handled whole, not as a pod")
     if kind not in TEMPLATE_PATHS:
         raise InputError(
-            f"{where}: kind {kind!r} has no pod template "
+            f"{where}: kind {brief(kind)} has no pod template "
             f"(expected one of {', '.join(TEMPLATE_PATHS)}, List or AdmissionReview)"
         )
     pod: Any = document
