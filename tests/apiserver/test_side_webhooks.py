@@ -14,6 +14,7 @@ import pytest
 from tests.apiserver.cluster import (
     ENABLED_LABEL,
     Cluster,
+    Doc,
     env_of,
     env_value,
     status,
@@ -75,13 +76,9 @@ def side_config_timeout(release: Release) -> int:
     return seconds
 
 
-def test_reinvocation_after_another_webhook_adds_a_container(
-    cluster: Cluster,
-    control_plane: ControlPlane,
-    release: Release,
-    webhook: Serve,
-    tmp_path: Path,
-) -> None:
+def reinvoked_pod(cluster: Cluster, release: Release, directory: Path, name: str) -> tuple[str, Doc]:
+    """A pod created in a namespace where a second webhook, called after ours, adds a gunicorn
+    container: (namespace, the pod as stored)."""
     assert release.webhook_config["webhooks"][0]["reinvocationPolicy"] == "IfNeeded"
     label = {"concurrency-injector.io/scenario": "reinvoke"}
     namespace = cluster.namespace(labels={ENABLED_LABEL: "true", **label})
@@ -89,7 +86,7 @@ def test_reinvocation_after_another_webhook_adds_a_container(
         container=container("metrics", cpu="1", command=["gunicorn", "metrics:app"]),
         env={"name": "ADDED_BY_SIDECAR", "value": "1"},
     )
-    with sidecar_webhook(sidecar, address="127.0.0.1", directory=tmp_path) as (port, ca):
+    with sidecar_webhook(sidecar, address="127.0.0.1", directory=directory) as (port, ca):
         # Named after the chart's configuration: the API server calls it second, so ours must
         # be called again to see the container it adds.
         config = {
@@ -116,11 +113,17 @@ def test_reinvocation_after_another_webhook_adds_a_container(
         }
         cluster.apply([config])
         try:
-            time.sleep(2)
-            cluster.apply([gunicorn_pod("web", namespace=namespace, cpu="2")])
+            time.sleep(2)  # the API server's webhook informer picks the configuration up
+            cluster.apply([gunicorn_pod(name, namespace=namespace, cpu="2")])
         finally:
             cluster.kubectl("delete", "mutatingwebhookconfiguration", "zz-sidecar", check=False)
-    stored = cluster.pod(namespace, "web")
+    return namespace, cluster.pod(namespace, name)
+
+
+def test_reinvocation_after_another_webhook_adds_a_container(
+    cluster: Cluster, release: Release, webhook: Serve, tmp_path: Path
+) -> None:
+    _, stored = reinvoked_pod(cluster, release, tmp_path, "web")
     assert [c["name"] for c in stored["spec"]["containers"]] == ["web", "metrics"]
     for name, workers in (("web", "2"), ("metrics", "1")):
         names = [e["name"] for e in env_of(stored, name)]
@@ -129,6 +132,47 @@ def test_reinvocation_after_another_webhook_adds_a_container(
         assert env_value(stored, name, "WEB_CONCURRENCY") == workers
     assert [e["name"] for e in env_of(stored, "web")].count("ADDED_BY_SIDECAR") == 1
     assert set(status(stored)) == {"web", "metrics"}
+
+
+def audit_annotations(log: Path, namespace: str, name: str) -> dict[str, str] | None:
+    """The annotations of the audit event that completed the creation of pod namespace/name."""
+    for line in log.read_text().splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef", {})
+        if (
+            ref.get("resource") == "pods"
+            and ref.get("namespace") == namespace
+            and ref.get("name") == name
+            and event.get("verb") == "create"
+            and event.get("stage") == "ResponseComplete"
+        ):
+            found: dict[str, str] = event.get("annotations", {})
+            return found
+    return None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect in webhook/admission.py respond(): on reinvocation the webhook returns the "
+    "auditAnnotation 'injected' again with a new value; the API server refuses to overwrite an "
+    "audit annotation ('admission annotations are not allowed to be overwritten') and keeps the "
+    "first round's value, so the audit log misses the containers patched on reinvocation",
+)
+def test_reinvocation_audit_annotation_names_every_injected_container(
+    cluster: Cluster, control_plane: ControlPlane, release: Release, webhook: Serve, tmp_path: Path
+) -> None:
+    if control_plane.audit_log is None:
+        pytest.skip("the API server was started without an audit log")
+    namespace, stored = reinvoked_pod(cluster, release, tmp_path, "audited")
+    assert set(status(stored)) == {"web", "metrics"}
+    log = control_plane.audit_log
+    found = wait_for(lambda: audit_annotations(log, namespace, "audited"), what="the audit event")
+    injected = {
+        value for key, value in found.items() if key.startswith(f"{release.webhook_name}/injected")
+    }
+    # However the webhook spells it, both containers must be named in the audit log.
+    assert any("metrics=1" in v for v in injected), found
+    assert any("web=2" in v for v in injected), found
 
 
 def test_audit_mode_patches_nothing_warns_and_annotates_the_audit_log(
@@ -140,20 +184,10 @@ def test_audit_mode_patches_nothing_warns_and_annotates_the_audit_log(
     done = cluster.apply([gunicorn_pod("surveyed", namespace=side.namespace, cpu="2")])
     assert untouched(cluster.pod(side.namespace, "surveyed"))
     assert "Warning: audit: would set" in done.stderr, done.stderr
-    uid = cluster.pod(side.namespace, "surveyed")["metadata"]["name"]
-
-    def annotations() -> dict[str, str] | None:
-        for line in control_plane.audit_log.read_text().splitlines():  # type: ignore[union-attr]
-            event = json.loads(line)
-            ref = event.get("objectRef", {})
-            if (ref.get("namespace"), ref.get("name"), event.get("stage")) == (
-                side.namespace, uid, "ResponseComplete"
-            ):
-                found: dict[str, str] = event.get("annotations", {})
-                return found
-        return None
-
-    found = wait_for(annotations, what="the pod's audit event")
+    log = control_plane.audit_log
+    found = wait_for(
+        lambda: audit_annotations(log, side.namespace, "surveyed"), what="the pod's audit event"
+    )
     assert found[f"{side.webhook_name}/mode"] == "audit"
     assert found[f"{side.webhook_name}/injected"] == "web=2"
 
