@@ -204,3 +204,19 @@ def test_the_release_namespace_pods_are_never_patched(
         cluster.kubectl("label", "namespace", release.namespace, f"{ENABLED_LABEL}-")
         cluster.kubectl("delete", "pod", "own", "-n", release.namespace, "--wait=false", check=False)
 
+
+
+@pytest.mark.parametrize("how", ["client-side", "server-side"])
+def test_reapplying_the_chart_keeps_the_ca_bundle(
+    cluster: Cluster, release: Release, webhook: Serve, enabled_namespace: str, how: str
+) -> None:
+    """An upgrade re-applies the webhook configuration without a caBundle (the server owns it):
+    the API server must keep the one the server wrote, so pods stay patched."""
+    name = release.webhook_config["metadata"]["name"]
+    before = cluster.admission.read_mutating_webhook_configuration(name)
+    args = ["--server-side", "--field-manager=helm", "--force-conflicts"] if how == "server-side" else []
+    cluster.apply([release.webhook_config], *args)
+    after = cluster.admission.read_mutating_webhook_configuration(name)
+    assert after.webhooks[0].client_config.ca_bundle == before.webhooks[0].client_config.ca_bundle
+    cluster.apply([gunicorn_pod("after-upgrade", namespace=enabled_namespace, cpu="1")])
+    assert status(cluster.pod(enabled_namespace, "after-upgrade"))["web"]["set"]["WEB_CONCURRENCY"] == "1"
