@@ -43,7 +43,7 @@ RELEASE = "ci"
 RELEASE_NAMESPACE = "concurrency-injector"
 CANNOT_BUILD = 3
 # Short-lived serving certificates, so the whole suite runs across several renewals.
-CERT_LIFETIME = "120"
+CERT_LIFETIME = "60"
 RESYNC_SECONDS = "5"
 AUDIT_POLICY = """\
 apiVersion: audit.k8s.io/v1

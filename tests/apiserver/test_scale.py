@@ -78,4 +78,7 @@ def test_every_pod_of_a_scaled_deployment_is_patched(
         f"{quantile(api_after, api_before, 0.5) * ms:.1f} / "
         f"{quantile(api_after, api_before, 0.99) * ms:.1f}"
     )
+    REPORT["scenario 7: API server buckets (le s: calls)"] = ", ".join(
+        f"{le:g}: {int(api_after[le] - api_before.get(le, 0.0))}" for le in sorted(api_after)
+    )
     cluster.kubectl("delete", "deployment", "scaled", "-n", enabled_namespace, "--wait=false")
