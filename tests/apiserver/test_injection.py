@@ -171,3 +171,24 @@ def test_pod_level_resources(cluster: Cluster, webhook: Serve, enabled_namespace
     # No container limit: the downward API has no per-container CPU to give.
     assert env_value(stored, "web", "CPU_LIMIT") is None
     assert status(stored)["web"]["cpuFrom"] == "pod"
+
+
+def test_a_limit_range_default_counts_as_the_cpu_limit(
+    cluster: Cluster, webhook: Serve, enabled_namespace: str
+) -> None:
+    """LimitRanger (a built-in admission plugin) runs before mutating webhooks: a pod with no
+    CPU limit of its own in a namespace with a default one is patched from that default."""
+    cluster.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "LimitRange",
+                "metadata": {"name": "defaults", "namespace": enabled_namespace},
+                "spec": {"limits": [{"type": "Container", "default": {"cpu": "3", "memory": "1Gi"}}]},
+            }
+        ]
+    )
+    cluster.apply([gunicorn_pod("defaulted", namespace=enabled_namespace, cpu=None)])
+    stored = cluster.pod(enabled_namespace, "defaulted")
+    assert stored["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "3"
+    assert env_value(stored, "web", "WEB_CONCURRENCY") == "3"
