@@ -83,6 +83,9 @@ class ControlPlane:
     kubeconfig: Path
     advertise_address: str
     audit_log: Path | None
+    # Where webhooks started by the tests listen, for clientConfig.url: the API server runs on
+    # this machine. Another cluster (kind) would give the address it reaches the host at.
+    url_address: str = "127.0.0.1"
 
 
 @pytest.fixture(scope="session")
@@ -361,7 +364,7 @@ def side_webhook(
 
     def start(key: str, *sets: str) -> SideWebhook:
         docs = release.render(*sets)
-        address = "127.0.0.1"
+        address = control_plane.url_address
         ca, cert, key_file = static_pair([address], tmp_path / key)
         env = {
             **chart_env(docs, release.namespace),

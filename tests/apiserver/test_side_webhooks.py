@@ -36,7 +36,11 @@ def fail_open(cluster: Cluster, webhook_name: str) -> float:
 
 
 def test_failure_policy_ignore_admits_pods_when_the_webhook_is_down(
-    cluster: Cluster, release: Release, webhook: Serve, side_webhook: Any
+    cluster: Cluster,
+    control_plane: ControlPlane,
+    release: Release,
+    webhook: Serve,
+    side_webhook: Any,
 ) -> None:
     side = side_webhook("failopen")
     timeout = side_config_timeout(release)
@@ -54,9 +58,9 @@ def test_failure_policy_ignore_admits_pods_when_the_webhook_is_down(
     assert fail_open(cluster, side.webhook_name) == 1
 
     # Hung: the API server waits timeoutSeconds, then admits it unpatched.
-    with black_hole("127.0.0.1") as port:
+    with black_hole(control_plane.url_address) as port:
         config = cluster.admission.read_mutating_webhook_configuration(side.config_name)
-        url = f"https://127.0.0.1:{port}/mutate"
+        url = f"https://{control_plane.url_address}:{port}/mutate"
         cluster.kubectl(
             "patch", "mutatingwebhookconfiguration", side.config_name, "--type=json",
             "-p", json.dumps([{"op": "replace", "path": "/webhooks/0/clientConfig/url", "value": url}]),
@@ -76,7 +80,9 @@ def side_config_timeout(release: Release) -> int:
     return seconds
 
 
-def reinvoked_pod(cluster: Cluster, release: Release, directory: Path, name: str) -> tuple[str, Doc]:
+def reinvoked_pod(
+    cluster: Cluster, control_plane: ControlPlane, release: Release, directory: Path, name: str
+) -> tuple[str, Doc]:
     """A pod created in a namespace where a second webhook, called after ours, adds a gunicorn
     container: (namespace, the pod as stored)."""
     assert release.webhook_config["webhooks"][0]["reinvocationPolicy"] == "IfNeeded"
@@ -86,7 +92,8 @@ def reinvoked_pod(cluster: Cluster, release: Release, directory: Path, name: str
         container=container("metrics", cpu="1", command=["gunicorn", "metrics:app"]),
         env={"name": "ADDED_BY_SIDECAR", "value": "1"},
     )
-    with sidecar_webhook(sidecar, address="127.0.0.1", directory=directory) as (port, ca):
+    address = control_plane.url_address
+    with sidecar_webhook(sidecar, address=address, directory=directory) as (port, ca):
         # Named after the chart's configuration: the API server calls it second, so ours must
         # be called again to see the container it adds.
         config = {
@@ -98,7 +105,7 @@ def reinvoked_pod(cluster: Cluster, release: Release, directory: Path, name: str
                     "name": "sidecar.tests.concurrency-injector.io",
                     "admissionReviewVersions": ["v1"],
                     "clientConfig": {
-                        "url": f"https://127.0.0.1:{port}/",
+                        "url": f"https://{address}:{port}/",
                         "caBundle": base64.b64encode(ca).decode(),
                     },
                     "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
@@ -121,9 +128,9 @@ def reinvoked_pod(cluster: Cluster, release: Release, directory: Path, name: str
 
 
 def test_reinvocation_after_another_webhook_adds_a_container(
-    cluster: Cluster, release: Release, webhook: Serve, tmp_path: Path
+    cluster: Cluster, control_plane: ControlPlane, release: Release, webhook: Serve, tmp_path: Path
 ) -> None:
-    _, stored = reinvoked_pod(cluster, release, tmp_path, "web")
+    _, stored = reinvoked_pod(cluster, control_plane, release, tmp_path, "web")
     assert [c["name"] for c in stored["spec"]["containers"]] == ["web", "metrics"]
     for name, workers in (("web", "2"), ("metrics", "1")):
         names = [e["name"] for e in env_of(stored, name)]
@@ -163,7 +170,7 @@ def test_reinvocation_audit_annotation_names_every_injected_container(
 ) -> None:
     if control_plane.audit_log is None:
         pytest.skip("the API server was started without an audit log")
-    namespace, stored = reinvoked_pod(cluster, release, tmp_path, "audited")
+    namespace, stored = reinvoked_pod(cluster, control_plane, release, tmp_path, "audited")
     assert set(status(stored)) == {"web", "metrics"}
     log = control_plane.audit_log
     found = wait_for(lambda: audit_annotations(log, namespace, "audited"), what="the audit event")
