@@ -252,6 +252,9 @@ FOUND = [  # each was once a 500, an internal error or an unappliable patch
     ("limit-bool", _with(f"{OBJECT}.spec.containers.0.resources.limits.cpu", True), 400),
     ("limit-invalid", _with(f"{OBJECT}.spec.containers.0.resources.limits.cpu", "1e999"), 200),
     ("limit-huge", _with(f"{OBJECT}.spec.containers.0.resources.limits.cpu", "9" * 400), 200),
+    ("limit-nan", _with(f"{OBJECT}.spec.containers.0.resources.limits.cpu", "NAN"), 200),
+    ("memory-infinity", _with(f"{OBJECT}.spec.containers.0.resources.limits.memory", "Infinity"),
+     200),
     ("kind-2mb", _with("kind", "K" * 2_000_000), 400),
 ]
 

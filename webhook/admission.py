@@ -106,7 +106,7 @@ def check_pod(pod: Obj) -> None:
     if not isinstance(spec.get("containers"), list) or not spec["containers"]:
         raise ReviewError("pod spec.containers is missing or empty")
     _optional(spec.get("initContainers"), list, "pod spec.initContainers")
-    _check_resources(spec.get("resources"), "spec.resources")
+    _check_resources(spec.get("resources"), "pod spec.resources")
     for field_name in ("containers", "initContainers"):
         for i, container in enumerate(spec.get(field_name) or []):
             _check_container(container, f"spec.{field_name}[{i}]")
@@ -162,7 +162,8 @@ def _check_resources(resources: Any, where: str) -> None:
         raise ReviewError(f"{where} is not an object of limits and requests")
     for key in ("limits", "requests"):
         values = resources.get(key)
-        _optional(values, dict, f"{where}.{key}")
+        if values is not None and not isinstance(values, dict):
+            raise ReviewError(f"{where} is not an object of limits and requests")
         for name, value in (values or {}).items():
             if isinstance(value, bool) or not isinstance(value, str | int | float):
                 raise ReviewError(f"{where}.{key}.{brief(name)} is not a quantity")

@@ -28,29 +28,32 @@ def _digest(data: bytes) -> bytes:
 
 def pod_key(pod: Obj) -> bytes | None:
     """A digest of the parts of a pod that checking and deciding read; None if not a pod shape."""
+    metadata = pod.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        return None  # check_pod says so
+    metadata = metadata or {}
     try:
         spec = pod.get("spec") or {}
-        metadata = pod.get("metadata")
         return _digest(
             orjson.dumps(
                 [
-                    # The patch creates metadata or annotations where they are missing.
+                    # The patch creates (or replaces a null) metadata or annotations.
                     "metadata" in pod,
-                    type(metadata).__name__,
-                    metadata.get("annotations") if isinstance(metadata, dict) else None,
-                    isinstance(metadata, dict) and "annotations" in metadata,
-                    [  # checked, though not decided on: only their types
-                        type(metadata.get(k)).__name__
+                    pod.get("metadata") is None,
+                    "annotations" in metadata,
+                    metadata.get("annotations"),
+                    # Checked though not decided on: whether the names are strings (or absent).
+                    all(
+                        isinstance(metadata.get(k), str | None)
                         for k in ("name", "generateName", "namespace")
-                        if isinstance(metadata, dict)
-                    ],
+                    ),
                     spec.get("containers"),
                     spec.get("initContainers"),
                     spec.get("resources"),
                 ]
             )
         )
-    except (AttributeError, TypeError):  # spec or metadata is not an object: check_pod says so
+    except (AttributeError, TypeError):  # spec is not an object: check_pod says so
         return None
 
 

@@ -152,8 +152,14 @@ def _choice(choices: tuple[T, ...]) -> Callable[[str], T]:
 
 
 def quantity(value: Any) -> Decimal:
-    """A Kubernetes quantity as a Decimal, with the official client's parser."""
-    return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
+    """A Kubernetes quantity as a Decimal, with the official client's parser.
+
+    The parser takes "NaN" and "Infinity" as Decimal does; no quantity is either.
+    """
+    parsed = Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
+    if not parsed.is_finite():
+        raise ValueError(f"{value!r} is not a finite quantity")
+    return parsed
 
 
 # The bounded parsers below serve both the server's settings and the pod annotations that
