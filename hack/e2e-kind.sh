@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# The kind suite: the webhook's image in a real cluster with kubelets (tests/e2e). Needs Docker,
+# kind, Python; helm and kubectl come from hack/install-tools.sh.
+#
+#   hack/e2e-kind.sh                      # Kubernetes 1.35, the whole suite, cluster deleted after
+#   hack/e2e-kind.sh --k8s 1.34           # another minor (see NODE_IMAGES below)
+#   hack/e2e-kind.sh --keep -- -k drain   # keep the cluster; arguments after -- go to pytest
+#   hack/e2e-kind.sh helm-args            # print the helm arguments the suite installs with
+#
+# Steps: a local registry container attached to the kind network (kind's local-registry
+# pattern: registry container, containerd certs.d/hosts.toml on every node, the
+# local-registry-hosting ConfigMap); a 3-node kind cluster; the webhook image and a labelled test
+# image built and pushed there (`kind load` when the push fails); the chart installed from the
+# local image in self-managed TLS mode; pytest -m e2e; on failure the webhook's logs, events
+# and webhook configuration; the cluster deleted (unless --keep).
+set -eu
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3}"
+
+CLUSTER="${KIND_CLUSTER_NAME:-concurrency-injector-e2e}"
+REGISTRY_NAME="kind-registry"
+REGISTRY_PORT="${KIND_REGISTRY_PORT:-5001}"
+RELEASE="concurrency-injector"
+NAMESPACE="concurrency-injector"
+TAG="e2e"
+# The webhook image as the kubelet pulls it (localhost:5001 maps to the registry on every node).
+IMAGE_REPOSITORY="localhost:$REGISTRY_PORT/concurrency-injector"
+# The labelled test image, under the name both the kubelet and the webhook's registry client
+# resolve on the kind network.
+APP_IMAGE_PUSH="localhost:$REGISTRY_PORT/concurrency-injector-e2e-app:$TAG"
+APP_IMAGE="$REGISTRY_NAME:5000/concurrency-injector-e2e-app:$TAG"
+# kind v0.33.0's node images, by digest.
+KIND_VERSION="v0.33.0"
+node_image() {
+    case "$1" in
+        1.34) echo "kindest/node:v1.34.11@sha256:44e222ee2132dab25ff87301682f89eb82c7880ea3a1bf543bfe9708fd08d67d" ;;
+        1.35) echo "kindest/node:v1.35.8@sha256:07b2536e30b803ed61d1677a79df6115f798ce64c80f9e22f6ed45afd09323c0" ;;
+        1.36) echo "kindest/node:v1.36.4@sha256:099e049362a1526b2db71494e1947aae99bd16290d7c895f2b7ea312e3cbfaed" ;;
+        1.37) echo "kindest/node:v1.37.0@sha256:a1ed56cfb0e7b93589bdf97c8cd566405a265939e3620fc4f5de89adff580ae5" ;;
+        *) echo "e2e-kind: no node image for Kubernetes $1 (1.34, 1.35, 1.36, 1.37)" >&2; return 1 ;;
+    esac
+}
+
+# The helm arguments of the install, one a line; hack/lint.sh renders the chart with them.
+helm_args() {
+    printf '%s\n' --namespace "$NAMESPACE" \
+        -f hack/kind/values.yaml \
+        --set "image.repository=$IMAGE_REPOSITORY" \
+        --set "image.tag=$TAG"
+}
+
+if [ "${1:-}" = helm-args ]; then
+    helm_args
+    exit 0
+fi
+
+K8S="1.35"
+KEEP=false
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --k8s) K8S="$2"; shift 2 ;;
+        --keep) KEEP=true; shift ;;
+        --) shift; break ;;
+        *) echo "usage: hack/e2e-kind.sh [--k8s 1.34|1.35|1.36|1.37] [--keep] [-- pytest args]" >&2; exit 2 ;;
+    esac
+done
+NODE_IMAGE="$(node_image "$K8S")"
+
+for tool in docker kind; do
+    command -v "$tool" >/dev/null 2>&1 || {
+        echo "e2e-kind: $tool is not installed (kind: go install sigs.k8s.io/kind@$KIND_VERSION)" >&2
+        exit 3
+    }
+done
+docker info >/dev/null 2>&1 || { echo "e2e-kind: no Docker engine answers (docker info failed)" >&2; exit 3; }
+
+TOOLS="$(hack/install-tools.sh)"
+PATH="$TOOLS:$PATH"
+export PATH
+STATE="$(mktemp -d)"
+KUBECONFIG="$STATE/kubeconfig"
+export KUBECONFIG
+
+dump() {
+    echo "--- webhook pods, logs, events and webhook configuration (the suite failed)"
+    kubectl get pods,endpointslices,pdb -n "$NAMESPACE" -o wide || true
+    kubectl logs -n "$NAMESPACE" -l "app.kubernetes.io/instance=$RELEASE" --all-containers \
+        --prefix --tail=300 || true
+    kubectl get events -A --sort-by=.lastTimestamp | tail -100 || true
+    kubectl get mutatingwebhookconfigurations -o yaml || true
+}
+
+# shellcheck disable=SC2317  # called by the EXIT trap
+cleanup() {
+    if [ "$KEEP" = true ]; then
+        echo "--- kept: kind cluster $CLUSTER (KUBECONFIG=$KUBECONFIG), registry $REGISTRY_NAME"
+        return
+    fi
+    kind delete cluster --name "$CLUSTER" || true
+    rm -rf "$STATE"
+}
+trap cleanup EXIT
+
+echo "--- local registry $REGISTRY_NAME on 127.0.0.1:$REGISTRY_PORT"
+if [ "$(docker inspect -f '{{.State.Running}}' "$REGISTRY_NAME" 2>/dev/null || true)" != true ]; then
+    docker run -d --restart=always -p "127.0.0.1:$REGISTRY_PORT:5000" --network bridge \
+        --name "$REGISTRY_NAME" registry:2
+fi
+
+echo "--- kind cluster $CLUSTER ($NODE_IMAGE)"
+kind create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --config hack/kind/cluster.yaml \
+    --kubeconfig "$KUBECONFIG" --wait 120s
+
+# Every node resolves both names of the registry to it: localhost:PORT (the webhook image, as
+# kind documents) and kind-registry:5000 (the test image, a name the webhook's pods resolve too).
+for node in $(kind get nodes --name "$CLUSTER"); do
+    for host in "localhost:$REGISTRY_PORT" "$REGISTRY_NAME:5000"; do
+        docker exec "$node" mkdir -p "/etc/containerd/certs.d/$host"
+        printf '[host."http://%s:5000"]\n' "$REGISTRY_NAME" \
+            | docker exec -i "$node" cp /dev/stdin "/etc/containerd/certs.d/$host/hosts.toml"
+    done
+done
+if [ "$(docker inspect -f '{{json .NetworkSettings.Networks.kind}}' "$REGISTRY_NAME")" = null ]; then
+    docker network connect kind "$REGISTRY_NAME"
+fi
+kubectl apply -f - <<EOF
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: local-registry-hosting
+  namespace: kube-public
+data:
+  localRegistryHosting.v1: |
+    host: "localhost:$REGISTRY_PORT"
+    help: "https://kind.sigs.k8s.io/docs/user/local-registry/"
+EOF
+
+echo "--- images"
+docker build -t "$IMAGE_REPOSITORY:$TAG" .
+docker build -t "$APP_IMAGE_PUSH" hack/kind/app
+APP_IMAGE_IN_REGISTRY=true
+if ! docker push "$IMAGE_REPOSITORY:$TAG"; then
+    echo "push failed: loading the webhook image into the nodes instead"
+    kind load docker-image --name "$CLUSTER" "$IMAGE_REPOSITORY:$TAG"
+fi
+if ! docker push "$APP_IMAGE_PUSH"; then
+    # Without the registry the image label cannot be read: that scenario skips and says so.
+    echo "push failed: loading the test image into the nodes instead"
+    docker tag "$APP_IMAGE_PUSH" "$APP_IMAGE"
+    kind load docker-image --name "$CLUSTER" "$APP_IMAGE"
+    APP_IMAGE_IN_REGISTRY=false
+fi
+
+echo "--- helm install $RELEASE (self-managed TLS)"
+mapfile -t args < <(helm_args)
+helm install "$RELEASE" charts/concurrency-injector --create-namespace "${args[@]}" \
+    --wait --timeout 5m
+kubectl rollout status -n "$NAMESPACE" "deployment/$RELEASE" --timeout=180s
+
+echo "--- pytest -m e2e (Kubernetes $K8S)"
+status=0
+E2E_KUBECONFIG="$KUBECONFIG" \
+    E2E_RELEASE="$RELEASE" \
+    E2E_NAMESPACE="$NAMESPACE" \
+    E2E_APP_IMAGE="$APP_IMAGE" \
+    E2E_APP_IMAGE_IN_REGISTRY="$APP_IMAGE_IN_REGISTRY" \
+    E2E_VALUES="$ROOT/hack/kind/values.yaml" \
+    E2E_KUBE_MINOR="$K8S" \
+    "$PYTHON" -m pytest tests/e2e -m e2e -p no:cacheprovider -o addopts= -rs "$@" || status=$?
+if [ "$status" -ne 0 ]; then
+    dump
+fi
+exit "$status"
