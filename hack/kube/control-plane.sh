@@ -33,7 +33,7 @@ cannot_build() { echo "control-plane: cannot build: $*" >&2; exit 3; }
 
 need_go() {
     command -v go >/dev/null 2>&1 \
-        || cannot_build "Go is not installed (install Go ${1:-1.26} or newer, then run this again)"
+        || cannot_build "Go is not installed (install Go 1.26 or newer, then run this again)"
 }
 
 # The Go line a module needs, against the installed Go: a clear message instead of Go's own.
@@ -236,8 +236,8 @@ alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 # Waits until URL answers 200 (with the admin credential), or NAME's process exits.
 wait_ready() {
-    local dir="$1" name="$2" url="$3" i
-    for i in $(seq 1 "${4:-120}"); do
+    local dir="$1" name="$2" url="$3"
+    for _ in $(seq 1 "${4:-120}"); do
         if curl -fsS --max-time 2 --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" \
             --key "$dir/pki/admin.key" "$url" >/dev/null 2>&1; then
             return 0
@@ -256,7 +256,7 @@ cmd_start() {
     local version="${1:?usage: start VERSION DIR}" dir="${2:?usage: start VERSION DIR}"
     local bin addr etcd_port peer_port api_port kcm_port server audit=()
     bin="$CACHE/$version/bin"
-    [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] && [ -x "$bin/etcd" ] \
+    { [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] && [ -x "$bin/etcd" ]; } \
         || cannot_build "Kubernetes $version is not built (run: $0 build $version)"
     mkdir -p "$dir"
     dir="$(cd "$dir" && pwd)"
@@ -304,8 +304,7 @@ cmd_start() {
         --use-service-account-credentials=true \
         --controllers=deployment,replicaset,serviceaccount,serviceaccount-token,namespace,garbagecollector,root-ca-cert-publisher
     # Ready when the default namespace has its ServiceAccount (pods need it to be admitted).
-    local i
-    for i in $(seq 1 120); do
+    for _ in $(seq 1 120); do
         if curl -fsS --max-time 2 --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" \
             --key "$dir/pki/admin.key" "$server/api/v1/namespaces/default/serviceaccounts/default" \
             >/dev/null 2>&1; then
@@ -335,13 +334,13 @@ cmd_env() {
 
 # Stops what `start` recorded, newest first: TERM, then KILL after 10 s.
 cmd_stop() {
-    local dir="${1:?usage: stop DIR}" name pid i
+    local dir="${1:?usage: stop DIR}" name pid
     for name in kube-controller-manager kube-apiserver etcd; do
         [ -f "$dir/$name.pid" ] || continue
         pid="$(cat "$dir/$name.pid")"
         if kill -0 "$pid" 2>/dev/null; then
             kill -TERM "$pid" 2>/dev/null || true
-            for i in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+            for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
             kill -KILL "$pid" 2>/dev/null || true
         fi
         rm -f "$dir/$name.pid"

@@ -18,6 +18,7 @@ failed=0
 for version in $versions; do
     echo "--- Kubernetes $version"
     started="$(date +%s)"
+    # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words
     if KUBE_VERSION="$version" KUBE_REPORT="$OUT/$version.json" \
         CONCURRENCY_INJECTOR_REQUIRE_APISERVER=1 \
         "$PYTHON" -m pytest -m apiserver -p no:cacheprovider ${PYTEST_ARGS:-} \
