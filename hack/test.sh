@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything the tests need and runs them: lint, types, a short smoke run of the
+# Installs everything the tests need and runs them: lint, types, the static checks of
+# hack/lint.sh (workflows, Dockerfiles, shell scripts, chart), a short smoke run of the
 # benchmark harness, the API server suite (tests/apiserver, on a local control plane), then the
 # test suite with coverage. CI runs exactly this (see .ci/run).
 #
@@ -25,6 +26,9 @@ echo "--- ruff"
 
 echo "--- mypy --strict"
 "$PYTHON" -m mypy
+
+echo "--- static checks: workflows, Dockerfiles, shell scripts, chart, versions (hack/lint.sh)"
+hack/lint.sh
 
 if [ "$#" -eq 0 ]; then
     echo "--- benchmark smoke run (keeps the harness working; no timing assertions)"
