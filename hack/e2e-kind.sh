@@ -106,7 +106,7 @@ trap cleanup EXIT
 echo "--- local registry $REGISTRY_NAME on 127.0.0.1:$REGISTRY_PORT"
 if [ "$(docker inspect -f '{{.State.Running}}' "$REGISTRY_NAME" 2>/dev/null || true)" != true ]; then
     docker run -d --restart=always -p "127.0.0.1:$REGISTRY_PORT:5000" --network bridge \
-        --name "$REGISTRY_NAME" registry:2
+        --name "$REGISTRY_NAME" registry:3
 fi
 
 echo "--- kind cluster $CLUSTER ($NODE_IMAGE)"
