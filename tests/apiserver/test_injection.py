@@ -113,7 +113,7 @@ def test_warnings_reach_kubectl(cluster: Cluster, webhook: Serve, enabled_namesp
     done = cluster.apply([manifest])
     warnings = [line for line in done.stderr.splitlines() if line.startswith("Warning: ")]
     assert any("'web'" in w and "--workers 4" in w for w in warnings), done.stderr
-    assert any("'api' has no CPU limit; WEB_CONCURRENCY not set" in w for w in warnings), done.stderr
+    assert any("'api' has no CPU limit" in w for w in warnings), done.stderr
 
 
 def test_env_from_config_map_is_read_and_a_secret_is_not(
