@@ -63,11 +63,16 @@ def unavailable(reason: str) -> NoReturn:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test of this directory is an e2e test (the shared scenarios are imported here)."""
+    """Every test of this directory is an e2e test (the shared scenarios are imported here).
+
+    The scenarios that take webhook replicas away (test_availability) run last, so a failure
+    there cannot make the others fail.
+    """
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=lambda item: Path(str(item.path)) == here / "test_availability.py")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -62,7 +62,7 @@ def test_helm_upgrade_loses_no_pod_and_uninstall_leaves_no_webhook_configuration
             "--wait",
             "--timeout",
             "5m",
-            "--set",
+            "--set-string",
             f"podAnnotations.concurrency-injector\\.io/e2e-rollout={time.time_ns()}",
         )
         webhook.wait_rolled_out()

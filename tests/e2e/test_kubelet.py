@@ -44,6 +44,8 @@ def test_a_server_with_two_cpus_runs_two_workers(
     workers = settled_worker_count(cluster, enabled_namespace, pod)
     REPORT[f"scenario 1: {server} workers at limits.cpu 2"] = workers
     assert workers == 2
+    # Gone before the shared scenarios count the webhook's requests.
+    cluster.kubectl("delete", "deployment", server, "-n", enabled_namespace, "--wait=false")
 
 
 def test_an_image_label_in_the_local_registry_makes_a_target(
@@ -71,3 +73,4 @@ def test_an_image_label_in_the_local_registry_makes_a_target(
     env = exec_in(cluster, enabled_namespace, pod, "sh", "-c", 'echo "$CPU_LIMIT $WEB_CONCURRENCY"')
     assert env == "1 1", env
     assert settled_worker_count(cluster, enabled_namespace, pod) == 1
+    cluster.kubectl("delete", "deployment", "labelled", "-n", enabled_namespace, "--wait=false")
