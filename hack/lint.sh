@@ -63,10 +63,11 @@ echo "--- helm lint, and helm template with the kind suite's values"
 mapfile -t kind_args < <(hack/e2e-kind.sh helm-args)
 helm lint --strict charts/concurrency-injector "${kind_args[@]}"
 helm template concurrency-injector charts/concurrency-injector "${kind_args[@]}" >/dev/null
-# The released chart as release.yml packages it: an image by repository and digest.
-helm template concurrency-injector charts/concurrency-injector \
-    --set image.repository=ghcr.io/example/concurrency-injector \
-    --set "image.digest=sha256:$(printf '0%.0s' $(seq 64))" >/dev/null
+# The released chart as release.yml packages it: the image by repository and digest.
+packaged="$(mktemp -d)"
+hack/package-chart.sh ghcr.io/example/concurrency-injector \
+    "sha256:$(printf '0%.0s' $(seq 64))" "$packaged" >/dev/null
+rm -rf "$packaged"
 
 echo "--- release versions"
 "$PYTHON" hack/check-version.py
