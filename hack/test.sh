@@ -54,4 +54,5 @@ if [ "$#" -eq 0 ]; then
 fi
 
 echo "--- pytest"
-"$PYTHON" -m pytest --cov=webhook --cov-report=term "$@"
+# -rs: every skip with its reason (the kind suite skips here unless a cluster is given).
+"$PYTHON" -m pytest -rs --cov=webhook --cov-report=term "$@"
