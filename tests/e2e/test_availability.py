@@ -11,12 +11,30 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.apiserver.cluster import Cluster, wait_for
 from tests.apiserver.conftest import REPORT, Release
 from tests.e2e.conftest import CHART, Helm, InClusterWebhook, Settings
 from tests.e2e.workloads import creating_pods
 
 SETTLE = 5.0
+# Namespaces the earlier scenarios made (tests.apiserver.cluster.Cluster.namespace prefixes).
+SCENARIO_NAMESPACES = ("ci-", "e2e-", "probe-")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def room_to_move(cluster: Cluster) -> None:
+    """Remove what the earlier scenarios left: their pods (most Pending, or pulling images that
+    do not exist) hold CPU requests on the workers, and a drain needs room for the webhook's
+    replacement replica."""
+    names = [
+        ns.metadata.name
+        for ns in cluster.core.list_namespace().items
+        if ns.metadata.name.startswith(SCENARIO_NAMESPACES)
+    ]
+    if names:
+        cluster.kubectl("delete", "namespace", *names, "--wait=true", "--timeout=300s")
 
 
 def test_deleting_one_of_two_replicas_loses_no_pod(
