@@ -63,7 +63,7 @@ def test_everything_else_is_allowed_unchanged(r: dict[str, Any]) -> None:
 
 def test_warnings_are_returned() -> None:
     resp = response_of(review(pod(gunicorn(cpu=None))))
-    assert resp["warnings"] == ["container 'web' has no CPU limit; WEB_CONCURRENCY not set"]
+    assert resp["warnings"] == ["container 'web' has no CPU limit; nothing injected"]
 
 
 def test_audit_response() -> None:

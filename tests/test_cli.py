@@ -86,7 +86,7 @@ def test_admission_review_in_gives_a_response_review_out() -> None:
     out = json.loads(result.stdout)
     assert out["response"] == {
         "uid": "u-1", "allowed": True,
-        "warnings": ["container 'web' has no CPU limit; WEB_CONCURRENCY not set"],
+        "warnings": ["container 'web' has no CPU limit; nothing injected"],
         "patchType": "JSONPatch", "patch": out["response"]["patch"],
     }
     assert "Warning: document 1: container 'web' has no CPU limit" in result.stderr

@@ -8,7 +8,10 @@ from webhook.detection import (
     images_to_resolve,
     select_targets,
 )
+from webhook.config import Settings
 from webhook.types import ImageConfig
+
+PROFILES = Settings().profiles()
 
 GUNICORN = ["gunicorn", "app:app"]
 
@@ -44,7 +47,7 @@ GUNICORN = ["gunicorn", "app:app"]
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )
 def test_find_server(argv: list[str], runtime: str, args: tuple[str, ...]) -> None:
-    found = find_server(argv)
+    found = find_server(argv, PROFILES)
     assert found is not None
     assert (found.runtime, found.args) == (runtime, args)
 
@@ -52,15 +55,15 @@ def test_find_server(argv: list[str], runtime: str, args: tuple[str, ...]) -> No
 @pytest.mark.parametrize(
     "argv",
     [
-        ["celery", "-A", "proj", "worker"],
         ["python", "manage.py", "runserver"],
         ["python", "-c", "import gunicorn"],
-        ["sh", "-c", "pip install gunicorn && celery -A x worker"],
+        ["sh", "-c", "pip install gunicorn && echo celery -A x worker"],
+        ["python", "manage.py", "migrate", "&&", "gunicorn", "app:app"],
+        ["celery", "-A", "proj", "beat"],
+        ["airflow", "scheduler"],
         ["sh", "script.sh"],
         ["echo", "gunicorn"],
         ["gunicorn-exporter"],
-        ["python", "-m", "celery", "worker"],
-        ["hypercorn", "app:app"],
         ["sh", "-c"],
         ["sh", "-c", "echo 'unbalanced"],
         [],
@@ -68,7 +71,7 @@ def test_find_server(argv: list[str], runtime: str, args: tuple[str, ...]) -> No
     ids=lambda v: " ".join(v) or "empty",
 )
 def test_not_a_server(argv: list[str]) -> None:
-    assert find_server(argv) is None
+    assert find_server(argv, PROFILES) is None
 
 
 def image(
@@ -97,14 +100,14 @@ WRAPPER_ENTRYPOINT = image(entrypoint=["docker-entrypoint.sh"], cmd=["gunicorn",
         ([container()], {IMG: GUNICORN_CMD}, [("web", "gunicorn", "image-command")]),
         ([container()], {IMG: UVICORN_ENTRYPOINT}, [("web", "uvicorn", "image-command")]),
         # args replace the image's Cmd, command its Entrypoint
-        ([container(args=["celery", "worker"])], {IMG: GUNICORN_CMD}, []),
+        ([container(args=["celery", "worker"])], {IMG: GUNICORN_CMD}, [("web", "celery", "command")]),
         (
             [container(args=["main:app"])],
             {IMG: UVICORN_ENTRYPOINT},
             [("web", "uvicorn", "image-command")],
         ),
-        ([container(command=["celery", "worker"])], {IMG: LABELLED}, []),
-        ([container(command=["celery", "worker"])], {IMG: GUNICORN_CMD}, []),
+        ([container(command=["celery", "worker"])], {IMG: LABELLED}, [("web", "celery", "command")]),
+        ([container(command=["python", "w.py"])], {IMG: GUNICORN_CMD}, []),
         ([container()], {}, []),
         ([container()], {IMG: image(labels={"io.concurrency-injector.runtime": "java"})}, []),
         (
@@ -141,14 +144,14 @@ def test_detection_rule(
     images: dict[str, ImageConfig],
     expected: list[tuple[str, str, str]],
 ) -> None:
-    targets, warnings = select_targets(pod(*containers), images)
+    targets, warnings = select_targets(pod(*containers), images, PROFILES)
     assert [(t.name, t.runtime, t.source) for t in targets] == expected
     assert warnings == []
 
 
 def test_init_containers_are_not_detected() -> None:
     p = pod(container("app", command=["sleep", "1"]), init=[container("init", command=GUNICORN)])
-    assert select_targets(p, {}) == ([], [])
+    assert select_targets(p, {}, PROFILES) == ([], [])
 
 
 def test_opt_out_annotation_wins_over_everything() -> None:
@@ -159,7 +162,7 @@ def test_opt_out_annotation_wins_over_everything() -> None:
             "concurrency-injector.io/containers": "web",
         },
     )
-    assert select_targets(p, {}) == ([], [])
+    assert select_targets(p, {}, PROFILES) == ([], [])
 
 
 def test_container_list_includes_init_and_warns_on_missing_name() -> None:
@@ -169,9 +172,9 @@ def test_container_list_includes_init_and_warns_on_missing_name() -> None:
         init=[container("setup", command=["python", "migrate.py"])],
         annotations={"concurrency-injector.io/containers": "worker, setup,ghost"},
     )
-    targets, warnings = select_targets(p, {})
+    targets, warnings = select_targets(p, {}, PROFILES)
     assert [(t.name, t.init, t.runtime, t.source) for t in targets] == [
-        ("worker", False, "python", "annotation"),
+        ("worker", False, "celery", "annotation"),
         ("setup", True, "python", "annotation"),
     ]
     assert warnings == [
@@ -184,9 +187,9 @@ def test_container_list_keeps_detected_runtime_and_runtime_annotation_wins() -> 
         container("web", command=GUNICORN),
         annotations={"concurrency-injector.io/containers": "web"},
     )
-    assert [t.runtime for t in select_targets(p, {})[0]] == ["gunicorn"]
+    assert [t.runtime for t in select_targets(p, {}, PROFILES)[0]] == ["gunicorn"]
     p["metadata"]["annotations"]["concurrency-injector.io/runtime"] = "uvicorn"
-    assert [t.runtime for t in select_targets(p, {})[0]] == ["uvicorn"]
+    assert [t.runtime for t in select_targets(p, {}, PROFILES)[0]] == ["uvicorn"]
 
 
 @pytest.mark.parametrize(
@@ -215,7 +218,7 @@ def test_container_list_keeps_detected_runtime_and_runtime_annotation_wins() -> 
             {"concurrency-injector.io/runtime": "tomcat"},
             [],
             [
-                "concurrency-injector.io/runtime='tomcat' is not gunicorn, uvicorn or python; ignored"
+                "concurrency-injector.io/runtime='tomcat' names no active profile; ignored"
             ],
         ),
     ],
@@ -229,7 +232,7 @@ def test_runtime_annotation_targets_default_container(
         container("second", command=["app"]),
         annotations=annotations,
     )
-    targets, found = select_targets(p, {})
+    targets, found = select_targets(p, {}, PROFILES)
     assert [(t.name, t.runtime) for t in targets] == expected
     assert [t.source for t in targets] == ["annotation"] * len(expected)
     assert found == warnings
@@ -261,4 +264,4 @@ def test_runtime_annotation_targets_default_container(
     ],
 )
 def test_images_to_resolve(p: dict[str, object], expected: list[str]) -> None:
-    assert images_to_resolve(p) == expected
+    assert images_to_resolve(p, PROFILES) == expected

@@ -139,13 +139,13 @@ def test_no_cpu_limit_warns_and_injects_nothing() -> None:
     decision = decide(p, Settings())
     out = jsonpatch.apply_patch(p, decision.patch)
     assert env_of(out) is None
-    assert decision.warnings == ["container 'web' has no CPU limit; WEB_CONCURRENCY not set"]
+    assert decision.warnings == ["container 'web' has no CPU limit; nothing injected"]
     assert decision.reason == "no-cpu-limit"
     assert json.loads(out["metadata"]["annotations"][STATUS]) == {
         "web": {
             "runtime": "gunicorn",
             "source": "command",
-            "skipped": "container 'web' has no CPU limit; WEB_CONCURRENCY not set",
+            "skipped": "container 'web' has no CPU limit; nothing injected",
         }
     }
 
@@ -221,16 +221,24 @@ def test_override_annotation_replaces_user_env_in_place() -> None:
         (
             [{"configMapRef": {"name": "cfg"}}],
             {},
-            None,
+            [cpu_limit_env("web"), pcc("2")],
             [
-                "'web': envFrom ConfigMap 'cfg' not read; WEB_CONCURRENCY, CPU_LIMIT, PYTHON_CPU_COUNT not set"
+                "'web': envFrom ConfigMap 'cfg' not read; WEB_CONCURRENCY not set; CPU_LIMIT, PYTHON_CPU_COUNT set over it"
             ],
         ),
         (
             [{"secretRef": {"name": "s"}, "prefix": "PYTHON_"}],
             {},
-            [wc("2"), cpu_limit_env("web")],
-            ["'web': envFrom Secret 's' not read; PYTHON_CPU_COUNT not set"],
+            [wc("2"), cpu_limit_env("web"), pcc("2")],
+            ["'web': envFrom Secret 's' not read; PYTHON_CPU_COUNT set over it"],
+        ),
+        (
+            [{"secretRef": {"name": "app"}}, {"configMapRef": {"name": "cfg"}}, {"secretRef": {"name": "db"}}],
+            {"cfg": frozenset({"OTHER"})},
+            [cpu_limit_env("web"), pcc("2")],
+            [
+                "'web': envFrom Secret 'app', envFrom Secret 'db' not read; WEB_CONCURRENCY not set; CPU_LIMIT, PYTHON_CPU_COUNT set over it"[:119] + "…"
+            ],
         ),
     ],
     ids=[
@@ -240,6 +248,7 @@ def test_override_annotation_replaces_user_env_in_place() -> None:
         "prefix-matches",
         "configmap-unread",
         "secret-never-read",
+        "every-source-named",
     ],
 )
 def test_env_from(
@@ -446,3 +455,15 @@ def test_status_annotation_creates_missing_metadata(metadata: Any, expected: tup
     out = jsonpatch.apply_patch(p, decision.patch)
     assert STATUS in out["metadata"]["annotations"]
     assert decide(out, Settings()).patch == []
+
+
+def test_env_from_secret_with_set_setting_sets_the_worker_variable_and_says_so() -> None:
+    p = pod(gunicorn(cpu="2", envFrom=[{"secretRef": {"name": "app"}}]))
+    decision = decide(p, Settings(env_from_unknown="set"), configmaps={})
+    assert env_of(jsonpatch.apply_patch(p, decision.patch)) == [wc("2"), cpu_limit_env("web"), pcc("2")]
+    assert decision.warnings == [
+        "'web': envFrom Secret 'app' not read; WEB_CONCURRENCY, CPU_LIMIT, PYTHON_CPU_COUNT set over it"
+    ]
+    status = json.loads(jsonpatch.apply_patch(p, decision.patch)["metadata"]["annotations"][STATUS])
+    assert status["web"]["unread"] == ["envFrom Secret 'app'"]
+    assert "kept" not in status["web"]  # never claimed for a value it did not see

@@ -17,6 +17,8 @@ from webhook.policy import (
     worker_count,
 )
 
+GUNICORN_PROFILE = Settings().profiles().profiles["gunicorn"]
+
 
 def policy(
     wpc: str = "1",
@@ -83,7 +85,7 @@ def test_python_cpu_count(cpu: str, expected: int) -> None:
             pod(gunicorn(cpu=None)),
             "web",
             None,
-            "container 'web' has no CPU limit; WEB_CONCURRENCY not set",
+            "container 'web' has no CPU limit; nothing injected",
         ),
         (
             pod(gunicorn(cpu=None), container("side", cpu="500m"), pod_cpu="2"),
@@ -221,4 +223,4 @@ def test_pod_policy_min_above_max_uses_max() -> None:
     ids=["none", "short", "short-joined", "long-equals", "threads-1", "threads-4", "cmd-args-env"],
 )
 def test_flag_warnings(args: tuple[str, ...], env: dict[str, str], expected: list[str]) -> None:
-    assert flag_warnings("web", ServerCommand("gunicorn", args), env) == expected
+    assert flag_warnings("web", GUNICORN_PROFILE, ServerCommand("gunicorn", args), env) == expected

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from webhook.cli import mutate_documents
 from webhook.config import Settings
-from webhook.keys import INJECTED_ENV, STATUS
+from webhook.keys import FACTS, STATUS
 from webhook.mutation import decide
 from webhook.patch import prefixed
 
@@ -35,8 +35,16 @@ commands = st.sampled_from(
         ["python", "-m", "uvicorn", "main:app"],
         ["sh", "-c", "cd /srv && exec uvicorn main:app"],
         ["celery", "-A", "proj", "worker"],
+        ["granian", "--interface", "asgi", "main:app"],
+        ["uwsgi", "--http", ":8000", "-p", "4"],
+        ["hypercorn", "main:app"],
+        ["sh", "-c", 'case "$1" in web) exec gunicorn a ;; *) exec celery -A p worker ;; esac'],
         ["redis-server"],
     ]
+)
+# Every variable the webhook may write: the facts and each profile's worker variable.
+INJECTED_ENV = sorted(
+    {*FACTS, *(v for p in Settings().profiles().profiles.values() for v in p.env)}
 )
 env_names = st.sampled_from([*INJECTED_ENV, "A", "GUNICORN_CMD_ARGS", "PORT"])
 env_entries = st.lists(

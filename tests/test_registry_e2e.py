@@ -73,6 +73,7 @@ def test_mutate_reads_the_registry(images: dict[str, str]) -> None:
     assert {name: (s["runtime"], s["source"]) for name, s in found.items()} == {
         "web": ("gunicorn", "image-label"),
         "api": ("uvicorn", "image-command"),
+        "worker": ("celery", "command"),  # its own command decides, not the image's label
     }
 
 

@@ -20,7 +20,14 @@ from webhook.detection import images_to_resolve
 from webhook.mutation import decide
 from webhook.patch import prefixed
 from webhook.types import ImageConfig, Obj
-from webhook.workloads import InputError, pod_slots, review_pod
+from webhook.workloads import (
+    InputError,
+    configmap_keys,
+    configmaps_for,
+    namespace_of,
+    pod_slots,
+    review_pod,
+)
 
 EXIT_INPUT = 2
 
@@ -177,6 +184,7 @@ async def mutate_documents(
     document is patched exactly as the webhook would patch each of its pods.
     """
     resolver = wiring.resolver(settings)
+    known = configmap_keys(documents)  # ConfigMaps in the input answer envFrom questions
     try:
         results = []
         for n, document in enumerate(documents, 1):
@@ -190,7 +198,9 @@ async def mutate_documents(
             patch = []
             for slot in list(pod_slots(document, where=where)):
                 images = await _images(slot.pod, settings, resolver)
-                decision = decide(slot.pod, settings, images=images)
+                namespace = namespace_of(document) or namespace_of(slot.pod)
+                configmaps = configmaps_for(known, namespace)
+                decision = decide(slot.pod, settings, images=images, configmaps=configmaps)
                 _warn(stderr, where, decision.warnings)
                 patch += prefixed(decision.patch, slot.path)
             mutated = jsonpatch.apply_patch(document, patch) if patch else document
@@ -202,7 +212,7 @@ async def mutate_documents(
 
 
 async def _images(pod: Obj, settings: Settings, resolver: Any) -> dict[str, ImageConfig]:
-    refs = images_to_resolve(pod)
+    refs = images_to_resolve(pod, settings.profiles())
     if resolver is None or not refs:
         return {}
     found: dict[str, ImageConfig] = await resolver.resolve(refs, timeout=settings.registry_timeout)

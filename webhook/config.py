@@ -14,15 +14,19 @@ from typing import Any, Literal, TypeVar, cast
 
 from kubernetes.utils import parse_quantity
 
+from webhook import profiles
 from webhook.keys import ENV_PREFIX
+from webhook.profiles import ProfileError, ProfileSet
 
 Mode = Literal["enforce", "audit"]
 Rounding = Literal["floor", "ceil", "round"]
 LogFormat = Literal["json", "text", "auto"]
+EnvFromUnknown = Literal["skip", "set"]
 
 MODES: tuple[Mode, ...] = ("enforce", "audit")
 ROUNDINGS: tuple[Rounding, ...] = ("floor", "ceil", "round")
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text", "auto")
+ENV_FROM_UNKNOWN: tuple[EnvFromUnknown, ...] = ("skip", "set")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Past these a value is a typo, not a plan (pod annotations are held to them too).
 MAX_WORKERS_PER_CPU = 100
@@ -52,6 +56,12 @@ class Settings:
     memory_per_worker: Decimal | None = None
     resize_restart: bool = False
     python_cpu_count: bool = True
+    # Runtime profiles (webhook/profiles.py): more or replaced ones (YAML or JSON), names off.
+    extra_profiles: str = ""
+    disabled_profiles: tuple[str, ...] = ()
+    # The worker variable of a container whose envFrom Secret (or unreadable ConfigMap) might
+    # set it: `skip` it with a warning, or `set` it with a warning.
+    env_from_unknown: EnvFromUnknown = "skip"
     # Image metadata from registries.
     no_registry: bool = False
     insecure_registry: tuple[str, ...] = ()
@@ -122,6 +132,20 @@ class Settings:
             )
         if "/" not in self.platform:
             raise ConfigError(f"{env_name('platform')}={self.platform!r}: expected os/arch")
+        try:
+            known = profiles.active(self.extra_profiles).names()
+        except ProfileError as exc:
+            raise ConfigError(f"{env_name('extra_profiles')}: {exc}") from None
+        unknown = [name for name in self.disabled_profiles if name not in known]
+        if unknown:
+            raise ConfigError(
+                f"{env_name('disabled_profiles')}: no profile named {', '.join(unknown)}"
+                f" (known: {', '.join(known)})"
+            )
+
+    def profiles(self) -> ProfileSet:
+        """The active runtime profiles (built once per distinct setting)."""
+        return profiles.active(self.extra_profiles, self.disabled_profiles)
 
 
 def env_name(field_name: str) -> str:
@@ -235,6 +259,9 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "memory_per_worker": _quantity_or_none,
     "resize_restart": _bool,
     "python_cpu_count": _bool,
+    "extra_profiles": str,
+    "disabled_profiles": _hosts,
+    "env_from_unknown": _choice(ENV_FROM_UNKNOWN),
     "no_registry": _bool,
     "insecure_registry": _hosts,
     "registry_timeout": _seconds,

@@ -1,12 +1,17 @@
-"""Which containers run Python web servers (SPEC "Which containers are targets"). Pure.
+"""Which containers run Python servers and workers (SPEC "Which containers are targets"). Pure.
 
-A command is read the way a shell or exec would start it: the first word of each command
-(after wrappers such as `exec`, `env`, `tini --`, `uv run`) is what runs, so `pip install
-gunicorn && celery worker` is not a web server while `sh -c "cd /app && exec gunicorn app"` is.
+A command is read the way exec or a shell would start it. In an exec-form argv every word is
+one argument (`&&` too); a shell script (`sh -c`) is split into commands at its operators and
+keywords. The first word of a command, after wrappers such as `exec`, `env -u X`, `gosu user`,
+`tini --`, `uv run`, `doppler run --`, is what runs; a profile (webhook/profiles.yaml) names it
+by executable, `python -m` module, or launcher subcommand (`airflow webserver`). So `pip
+install gunicorn && celery worker` runs Celery, and `sh -c "cd /app && exec gunicorn app"` runs
+gunicorn. A `case "$1"` whose branches run different servers is read only when `$1` is known.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import posixpath
 import re
 import shlex
@@ -15,15 +20,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from webhook import keys
-from webhook.types import RUNTIMES, ImageConfig, Obj, Runtime
+from webhook.profiles import GENERIC, ProfileSet
+from webhook.types import ImageConfig, Obj
 
-Source = Literal["command", "image-label", "image-command", "annotation"]
+Source = Literal["command", "image-label", "image-command", "image-name", "annotation"]
 
-SERVERS: dict[str, Runtime] = {"gunicorn": "gunicorn", "uvicorn": "uvicorn"}
 PYTHON = re.compile(r"^python(\d+(\.\d+)?)?$")
 SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh", "ksh", "busybox"})
-# Programs that run the rest of their command line: skip them (and their options) to find
-# what really runs.
+# Programs that run the rest of their command line: skip them, their options and operands
+# (`gosu app`, `chamber exec svc --`, `env -u FOO`) to find what really runs.
 WRAPPERS = frozenset(
     {
         "exec",
@@ -42,133 +47,276 @@ WRAPPERS = frozenset(
         "setpriv",
         "taskset",
         "nice",
+        "ionice",
+        "chpst",
+        "s6-setuidgid",
+        "runuser",
+        "time",
+        "stdbuf",
+        "timeout",
+        "newrelic-admin",
+        "scout-apm",
+        "sentry-run",
+        "watchmedo",
+        "honcho",
     }
 )
-RUNNERS = frozenset({"poetry", "uv", "pipenv", "pdm", "hatch", "rye", "newrelic-admin"})
-SEPARATORS = frozenset({"&&", "||", ";", "|", "&", "(", ")", ";;"})
+# Runners that start a command through their `run` subcommand.
+RUNNERS = frozenset(
+    {"poetry", "uv", "pipenv", "pdm", "hatch", "rye", "pixi", "conda", "micromamba"}
+)
+RUN_SUBCOMMANDS = frozenset({"run", "run-program", "exec"})
+# How far past a wrapper its options and operands may reach before the command it runs.
+MAX_WRAPPER_OPERANDS = 6
+SEPARATORS = frozenset({"&&", "||", ";", "|", "&", "(", ")", ";;", "{", "}"})
+# Shell words that start a command without being one.
+KEYWORDS = frozenset({"then", "do", "else", "elif", "if", "while", "until", "!", "fi", "done"})
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-# A wrapper's numeric operand (`nice -n 10`, `taskset -c 0-3`).
-NUMERIC_OPERAND = re.compile(r"^[0-9][0-9,\-]*$")
+# Scripts that, by the common convention, end with `exec "$@"`: what follows them runs.
+ENTRYPOINTS = re.compile(r"^(docker-)?entrypoint(\.sh)?$|^(docker-)?entry(\.sh)?$")
 # Python options that take a separate argument (`python -X importtime -m gunicorn`).
 PYTHON_OPTIONS_WITH_ARG = frozenset({"-X", "-W", "-Q"})
+POSITIONAL_1 = frozenset({"$1", "${1}"})
 MAX_SHELL_DEPTH = 3
 
 
 @dataclass(frozen=True)
 class ServerCommand:
-    """A gunicorn or uvicorn invocation found in a command line, with its own arguments."""
+    """A profiled server or worker found in a command line, with its own arguments."""
 
-    runtime: Runtime
+    runtime: str
     args: tuple[str, ...]
 
 
 @dataclass(frozen=True)
+class Branches:
+    """A script that runs one of several servers, depending on what it is given."""
+
+    runtimes: tuple[str, ...]
+
+
+Found = ServerCommand | Branches | None
+
+
+@dataclass(frozen=True)
 class Target:
-    """A container that gets WEB_CONCURRENCY, and why."""
+    """A container that gets its runtime's worker variable, and why."""
 
     name: str
     init: bool
-    runtime: Runtime
+    runtime: str
     source: Source
     server: ServerCommand | None = None
+    # A script that runs one of these by its arguments: recorded, never guessed.
+    undecided: tuple[str, ...] = ()
 
 
-def find_server(argv: list[str], *, depth: int = 0) -> ServerCommand | None:
-    """The gunicorn/uvicorn invocation that `argv` starts, if any."""
-    for segment in _segments(argv):
-        found = _segment_server(segment, depth=depth)
-        if found is not None:
-            return found
-    return None
+def find_server(argv: list[str], profiles: ProfileSet) -> ServerCommand | None:
+    """The profiled server that an exec-form argv starts, if one is known for sure."""
+    found = read_command(argv, profiles)
+    return found if isinstance(found, ServerCommand) else None
 
 
-def _segments(tokens: list[str]) -> list[list[str]]:
-    """Split a token list at shell command separators."""
-    segments: list[list[str]] = [[]]
-    for token in tokens:
-        if token in SEPARATORS:
-            segments.append([])
-        else:
-            segments[-1].append(token)
-    return [s for s in segments if s]
+def read_command(argv: list[str], profiles: ProfileSet, *, depth: int = 0) -> Found:
+    """What an exec-form argv starts: a server, a choice of servers, or nothing known."""
+    return _Reader(profiles, depth).command(list(argv))
+
+
+@dataclass(frozen=True)
+class _Reader:
+    profiles: ProfileSet
+    depth: int
+
+    def command(self, tokens: list[str]) -> Found:
+        """One simple command: wrappers, assignments and runners, then what runs."""
+        i = 0
+        while i < len(tokens):
+            word = tokens[i]
+            name = posixpath.basename(word)
+            if ASSIGNMENT.match(word):
+                i += 1
+                continue
+            profile = self.profiles.by_executable.get(name)
+            if profile is not None:
+                found = self._profiled(profile.name, profile.subcommands, tokens[i + 1 :])
+                if found is not None:
+                    return found
+            if name in self.profiles.by_launcher:
+                found = self._launched(name, tokens[i + 1 :])
+                if found is not None:
+                    return found
+            if PYTHON.match(name):
+                return self._python(tokens[i + 1 :])
+            if name in SHELLS:
+                return self._shell(tokens[i + 1 :])
+            if name in WRAPPERS:
+                i = self._past_operands(tokens, i + 1)
+            elif name in RUNNERS and i + 1 < len(tokens) and tokens[i + 1] in RUN_SUBCOMMANDS:
+                i = self._past_operands(tokens, i + 2)
+            elif ENTRYPOINTS.match(name):
+                i += 1  # `docker-entrypoint.sh gunicorn ...`: the script execs "$@"
+            else:
+                return None
+        return None
+
+    def _profiled(self, runtime: str, subcommands: tuple[str, ...], rest: list[str]) -> Found:
+        if not subcommands:
+            return ServerCommand(runtime, tuple(rest))
+        operands = [w for w in rest if not w.startswith("-")]
+        # `celery -A proj worker`: the subcommand is the first operand that names one.
+        if any(w in subcommands for w in operands[:3]):
+            return ServerCommand(runtime, tuple(rest))
+        return None
+
+    def _launched(self, program: str, rest: list[str]) -> Found:
+        operands = [w for w in rest if not w.startswith("-")]
+        for subcommand, profile in self.profiles.by_launcher[program]:
+            if tuple(operands[: len(subcommand)]) == subcommand:
+                return ServerCommand(profile.name, tuple(rest))
+        return None
+
+    def _past_operands(self, tokens: list[str], i: int) -> int:
+        """Past a wrapper's options and operands, to the first word that runs something."""
+        limit = min(len(tokens), i + MAX_WRAPPER_OPERANDS)
+        for j in range(i, limit):
+            word = tokens[j]
+            if word == "--":
+                return j + 1
+            if not word.startswith("-") and self._runs_something(word):
+                return j
+        return limit if limit < len(tokens) else len(tokens)
+
+    def _runs_something(self, word: str) -> bool:
+        name = posixpath.basename(word)
+        return bool(
+            name in self.profiles.by_executable
+            or name in self.profiles.by_launcher
+            or PYTHON.match(name)
+            or name in SHELLS
+            or name in WRAPPERS
+            or name in RUNNERS
+            or ENTRYPOINTS.match(name)
+        )
+
+    def _python(self, args: list[str]) -> Found:
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "-m" or (arg.startswith("-m") and len(arg) > 2):
+                module = (args[i + 1] if i + 1 < len(args) else "") if arg == "-m" else arg[2:]
+                rest = args[i + 2 :] if arg == "-m" else args[i + 1 :]
+                profile = self.profiles.by_module.get(module)
+                if profile is not None:
+                    return self._profiled(profile.name, profile.subcommands, rest)
+                if module in self.profiles.by_launcher:
+                    return self._launched(module, rest)
+                return None
+            if not arg.startswith("-") or arg == "-c":
+                return None  # a script or inline code: not a known server
+            i += 2 if arg in PYTHON_OPTIONS_WITH_ARG else 1
+        return None
+
+    def _shell(self, args: list[str]) -> Found:
+        """`sh -c SCRIPT [$0 $1 ...]`: read the script; `"$@"` in it runs the positional args."""
+        if self.depth >= MAX_SHELL_DEPTH:
+            return None
+        for i, arg in enumerate(args):
+            if arg.startswith("-") and not arg.startswith("--") and "c" in arg[1:]:
+                if i + 1 >= len(args):
+                    return None
+                positional = args[i + 3 :]
+                deeper = _Reader(self.profiles, self.depth + 1)
+                return deeper.script(_shell_words(args[i + 1]), positional)
+            if not arg.startswith("-"):
+                return None  # `sh script.sh`: the script's content is unknown
+        return None
+
+    def script(self, words: list[str], positional: list[str]) -> Found:
+        """A shell script's words: the first command that runs a server decides.
+
+        `"$@"` runs the positional parameters; a `case` on `$1` picks its branch when `$1`
+        is known, and otherwise is only read when every branch runs the same server.
+        """
+        i = 0
+        while i < len(words):
+            if words[i] == "case":
+                found, i = self._case(words, i, positional)
+            else:
+                end = i
+                while end < len(words) and words[end] not in SEPARATORS and words[end] != "case":
+                    end += 1
+                found = self._simple(words[i:end], positional)
+                i = end + 1 if end < len(words) and words[end] != "case" else end
+            if found is not None:
+                return found
+        return None
+
+    def _simple(self, tokens: list[str], positional: list[str]) -> Found:
+        while tokens and tokens[0] in KEYWORDS:
+            tokens = tokens[1:]
+        if not tokens:
+            return None
+        expanded: list[str] = []
+        for word in tokens:
+            expanded += positional if word in ("$@", "${@}", "$*") else [word]
+        return self.command(expanded)
+
+    def _case(self, words: list[str], i: int, positional: list[str]) -> tuple[Found, int]:
+        """`case WORD in PATTERN) COMMANDS ;; ... esac` -> (what it runs, index after esac)."""
+        subject = words[i + 1] if i + 1 < len(words) else ""
+        j = i + 3 if i + 2 < len(words) and words[i + 2] == "in" else i + 2
+        branches: list[tuple[list[str], list[str]]] = []
+        while j < len(words) and words[j] != "esac":
+            patterns: list[str] = []
+            while j < len(words) and words[j] != ")":
+                if words[j] not in ("(", "|"):
+                    patterns.append(words[j])
+                j += 1
+            j += 1  # past ")"
+            body_start = j
+            while j < len(words) and words[j] not in (";;", "esac"):
+                j += 1
+            branches.append((patterns, words[body_start:j]))
+            if j < len(words) and words[j] == ";;":
+                j += 1
+        end = j + 1
+        value = positional[0] if subject in POSITIONAL_1 and positional else None
+        if value is not None:
+            for patterns, body in branches:
+                if any(fnmatch.fnmatchcase(value, p) for p in patterns):
+                    return self.script(body, positional), end
+            return None, end
+        results = [self.script(body, positional) for _, body in branches]
+        runtimes = sorted(
+            {
+                r
+                for found in results
+                for r in (
+                    (found.runtime,)
+                    if isinstance(found, ServerCommand)
+                    else found.runtimes
+                    if isinstance(found, Branches)
+                    else ()
+                )
+            }
+        )
+        if not runtimes:
+            return None, end
+        if len(runtimes) == 1 and all(isinstance(f, ServerCommand) for f in results):
+            return results[0], end
+        if len(runtimes) == 1 and len(results) == 1:
+            return results[0], end
+        return Branches(tuple(runtimes)), end
 
 
 def _shell_words(script: str) -> list[str]:
+    script = script.replace("\\\n", " ")  # a backslash-newline joins lines
     lexer = shlex.shlex(script.replace("\n", " ; "), posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     try:
         return list(lexer)
     except ValueError:  # unbalanced quotes: the shell would fail too; read it word by word
         return script.split()
-
-
-def _segment_server(tokens: list[str], *, depth: int) -> ServerCommand | None:
-    i = 0
-    while i < len(tokens):
-        word = tokens[i]
-        name = posixpath.basename(word)
-        if ASSIGNMENT.match(word):
-            i += 1
-        elif name in SERVERS:
-            return ServerCommand(SERVERS[name], tuple(tokens[i + 1 :]))
-        elif PYTHON.match(name):
-            return _python_module(tokens[i + 1 :])
-        elif name in SHELLS:
-            return _shell(tokens[i + 1 :], depth=depth)
-        elif name in WRAPPERS:
-            i = _skip_options(tokens, i + 1)
-        elif name in RUNNERS and i + 1 < len(tokens) and tokens[i + 1] in ("run", "run-program"):
-            i = _skip_options(tokens, i + 2)
-        else:
-            return None
-    return None
-
-
-def _skip_options(tokens: list[str], i: int) -> int:
-    """Past a wrapper's own options and `--`, to the command it runs."""
-    while i < len(tokens) and (tokens[i].startswith("-") or NUMERIC_OPERAND.match(tokens[i])):
-        i += 1
-        if tokens[i - 1] == "--":
-            break
-    return i
-
-
-def _python_module(args: list[str]) -> ServerCommand | None:
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "-m":
-            module = args[i + 1] if i + 1 < len(args) else ""
-            return _module_server(module, args[i + 2 :])
-        if arg.startswith("-m"):
-            return _module_server(arg[2:], args[i + 1 :])
-        if not arg.startswith("-") or arg == "-c":
-            return None  # a script or inline code: not a known server
-        i += 2 if arg in PYTHON_OPTIONS_WITH_ARG else 1
-    return None
-
-
-def _module_server(module: str, rest: list[str]) -> ServerCommand | None:
-    runtime = SERVERS.get(module)
-    return ServerCommand(runtime, tuple(rest)) if runtime else None
-
-
-def _shell(args: list[str], *, depth: int) -> ServerCommand | None:
-    """`sh -c SCRIPT [$0 $1 ...]`: read the script; `"$@"` in it runs the positional args."""
-    if depth >= MAX_SHELL_DEPTH:
-        return None
-    for i, arg in enumerate(args):
-        if arg.startswith("-") and not arg.startswith("--") and "c" in arg[1:]:
-            if i + 1 >= len(args):
-                return None
-            script = args[i + 1]
-            found = find_server(_shell_words(script), depth=depth + 1)
-            if found is None and "$@" in script:
-                found = find_server(args[i + 3 :], depth=depth + 1)
-            return found
-        if not arg.startswith("-"):
-            return None  # `sh script.sh`: the script's content is unknown
-    return None
 
 
 def effective_command(container: Obj, image: ImageConfig | None) -> list[str] | None:
@@ -185,29 +333,59 @@ def effective_command(container: Obj, image: ImageConfig | None) -> list[str] | 
     return [*(image["entrypoint"] or []), *(args if args else image["cmd"] or [])]
 
 
+@dataclass(frozen=True)
+class Detected:
+    """Rule 4's answer for one container: its runtime, how it was known, its command line."""
+
+    runtime: str
+    source: Source
+    server: ServerCommand | None
+
+
 def detect(
-    container: Obj, image: ImageConfig | None
-) -> tuple[Runtime, Source, ServerCommand | None] | None:
-    """Rule 4 for one app container: its command/args, else the image's label or command.
+    container: Obj, image: ImageConfig | None, profiles: ProfileSet
+) -> Detected | Branches | None:
+    """Rule 4 for one app container: its command/args, else the image's label, command or name.
 
     An explicit `command` decides on its own: the image's label applies only to containers
     that do not set `command`, since one image often serves both a web and a worker process.
     """
     command, args = container.get("command"), container.get("args")
     own = [*(command or []), *(args or [])]
-    server = find_server(own) if own else None
-    if server is not None:
-        return server.runtime, "command", server
-    if command or image is None:
-        return None
-    label = image["labels"].get(keys.IMAGE_RUNTIME_LABEL, "").strip().lower()
-    argv = effective_command(container, image) or []
-    server = find_server(argv)
-    if label in RUNTIMES:
-        return label, "image-label", server
-    if server is not None:
-        return server.runtime, "image-command", server
-    return None
+    found = read_command(own, profiles) if own else None
+    if isinstance(found, ServerCommand):
+        return Detected(found.runtime, "command", found)
+    if command:
+        return found
+    if image is not None:
+        label = image["labels"].get(keys.IMAGE_RUNTIME_LABEL, "").strip().lower()
+        from_image = read_command(effective_command(container, image) or [], profiles)
+        server = from_image if isinstance(from_image, ServerCommand) else None
+        if label == GENERIC or profiles.get(label) is not None:
+            return Detected(label, "image-label", server)
+        if server is not None:
+            return Detected(server.runtime, "image-command", server)
+        if isinstance(from_image, Branches):
+            return from_image
+    if not args and isinstance(container.get("image"), str):
+        profile = profiles.by_image(repository(container["image"]))
+        if profile is not None:
+            return Detected(profile.name, "image-name", None)
+    return found
+
+
+def repository(image: str) -> str:
+    """An image reference's repository, as profiles name it: no registry, tag or digest."""
+    name = image.split("@", 1)[0]
+    slash = name.rfind("/")
+    if ":" in name[slash + 1 :]:
+        name = name[: name.rindex(":")]
+    parts = name.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        parts = parts[1:]
+    if len(parts) > 1 and parts[0] == "library":
+        parts = parts[1:]
+    return "/".join(parts)
 
 
 def containers_of(pod: Obj) -> list[tuple[Obj, bool]]:
@@ -233,7 +411,7 @@ def default_container(pod: Obj, annotations: Mapping[str, Any]) -> tuple[Obj | N
     return (apps[0] if apps else None), []
 
 
-def images_to_resolve(pod: Obj) -> list[str]:
+def images_to_resolve(pod: Obj, profiles: ProfileSet) -> list[str]:
     """Images whose registry metadata could decide detection (rule 4 only)."""
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     if (
@@ -246,7 +424,7 @@ def images_to_resolve(pod: Obj) -> list[str]:
     for container, init in containers_of(pod):
         if init or container.get("command") or not isinstance(container.get("image"), str):
             continue
-        if container.get("args") and find_server(list(container["args"])) is not None:
+        if container.get("args") and find_server(list(container["args"]), profiles) is not None:
             continue
         if container["image"] not in wanted:
             wanted.append(container["image"])
@@ -262,48 +440,60 @@ def _runtime_annotation(annotations: Mapping[str, Any]) -> str:
     return str(annotations.get(keys.RUNTIME, "")).strip().lower()
 
 
-def select_targets(pod: Obj, images: Mapping[str, ImageConfig]) -> tuple[list[Target], list[str]]:
+def select_targets(
+    pod: Obj, images: Mapping[str, ImageConfig], profiles: ProfileSet
+) -> tuple[list[Target], list[str]]:
     """Apply the SPEC's rules in order; returns the targets and warnings."""
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     if opted_out(annotations):
         return [], []
     warnings: list[str] = []
     runtime_value = _runtime_annotation(annotations)
-    runtime: Runtime | None = None
+    runtime: str | None = None
     if runtime_value:
-        if runtime_value in RUNTIMES:
+        if runtime_value == GENERIC or profiles.get(runtime_value) is not None:
             runtime = runtime_value
         else:
             warnings.append(
-                f"{keys.RUNTIME}={runtime_value!r} is not gunicorn, uvicorn or python; ignored"
+                f"{keys.RUNTIME}={runtime_value[:40]!r} names no active profile; ignored"
             )
 
     listed = annotations.get(keys.CONTAINERS)
     if listed:
-        return _listed(pod, str(listed), runtime, images, warnings)
+        return _listed(pod, str(listed), runtime, images, profiles, warnings)
     if runtime is not None:
         container, more = default_container(pod, annotations)
         warnings += more
         if container is None:
             return [], warnings
-        server = find_server([*(container.get("command") or []), *(container.get("args") or [])])
-        return [Target(str(container.get("name")), False, runtime, "annotation", server)], warnings
+        command = [*(container.get("command") or []), *(container.get("args") or [])]
+        server = find_server(command, profiles)
+        name = str(container.get("name"))
+        return [Target(name, False, runtime, "annotation", server)], warnings
 
     targets = []
     for container, init in containers_of(pod):
         if init:
             continue
-        found = detect(container, images.get(container.get("image", "")))
-        if found is not None:
-            targets.append(Target(str(container.get("name")), False, *found))
+        name = str(container.get("name"))
+        found = detect(container, images.get(container.get("image", "")), profiles)
+        if isinstance(found, Detected):
+            targets.append(Target(name, False, found.runtime, found.source, found.server))
+        elif isinstance(found, Branches):
+            targets.append(Target(name, False, "unknown", "command", undecided=found.runtimes))
+            warnings.append(
+                f"container {name!r} runs {' or '.join(found.runtimes)} by its arguments: "
+                f"not a target; name it in {keys.CONTAINERS}"
+            )
     return targets, warnings
 
 
 def _listed(
     pod: Obj,
     listed: str,
-    runtime: Runtime | None,
+    runtime: str | None,
     images: Mapping[str, ImageConfig],
+    profiles: ProfileSet,
     warnings: list[str],
 ) -> tuple[list[Target], list[str]]:
     names = [n.strip() for n in listed.split(",") if n.strip()]
@@ -312,12 +502,13 @@ def _listed(
     for name in dict.fromkeys(names):
         if name not in by_name:
             warnings.append(
-                f"{keys.CONTAINERS} lists {name!r}, which is not a container of this pod"
+                f"{keys.CONTAINERS} lists {name[:40]!r}, which is not a container of this pod"
             )
             continue
         container, init = by_name[name]
-        found = detect(container, images.get(container.get("image", "")))
-        server = found[2] if found else None
-        chosen: Runtime = runtime or (found[0] if found else "python")
+        found = detect(container, images.get(container.get("image", "")), profiles)
+        detected = found if isinstance(found, Detected) else None
+        server = detected.server if detected else None
+        chosen = runtime or (detected.runtime if detected else GENERIC)
         targets.append(Target(name, init, chosen, "annotation", server))
     return targets, warnings

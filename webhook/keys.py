@@ -14,6 +14,7 @@ MAX_WORKERS: Final = PREFIX + "max-workers"
 MEMORY_PER_WORKER: Final = PREFIX + "memory-per-worker"
 OVERRIDE: Final = PREFIX + "override"
 MODE: Final = PREFIX + "mode"
+MULTI_WORKER: Final = PREFIX + "multi-worker"
 STATUS: Final = PREFIX + "status"
 
 DEFAULT_CONTAINER: Final = "kubectl.kubernetes.io/default-container"
@@ -25,5 +26,7 @@ WEB_CONCURRENCY: Final = "WEB_CONCURRENCY"
 CPU_LIMIT: Final = "CPU_LIMIT"
 PYTHON_CPU_COUNT: Final = "PYTHON_CPU_COUNT"
 INJECTED_ENV: Final = (WEB_CONCURRENCY, CPU_LIMIT, PYTHON_CPU_COUNT)
+# Facts about the container, set whatever runtime it runs (and despite an unread envFrom).
+FACTS: Final = (CPU_LIMIT, PYTHON_CPU_COUNT)
 
 ENV_PREFIX: Final = "CONCURRENCY_INJECTOR_"

@@ -31,7 +31,8 @@ from webhook.policy import (
     python_cpu_count,
     worker_count,
 )
-from webhook.types import ImageConfig, Obj, Runtime
+from webhook.profiles import GENERIC_PROFILE, ProfileSet
+from webhook.types import ImageConfig, Obj
 
 MAX_WARNING = 120
 CPU_LIMIT_MARK = "limits.cpu"  # how the status annotation records the downward-API CPU_LIMIT
@@ -43,13 +44,15 @@ class ContainerResult:
     """What happened to one target container."""
 
     name: str
-    runtime: Runtime
+    runtime: str
     source: Source
     cpu: str | None = None
     cpu_from: str | None = None
     set: dict[str, str] = field(default_factory=dict)
     kept: tuple[str, ...] = ()
     skipped: str | None = None
+    unread: tuple[str, ...] = ()  # envFrom sources never read that might set a variable
+    workers: str | None = None  # "none": the runtime reads no worker variable
 
     def status(self) -> Obj:
         entry: Obj = {"runtime": self.runtime, "source": self.source}
@@ -59,6 +62,10 @@ class ContainerResult:
             entry.update(cpu=self.cpu, cpuFrom=self.cpu_from, set=self.set)
         if self.kept:
             entry["kept"] = list(self.kept)
+        if self.unread:
+            entry["unread"] = list(self.unread)
+        if self.workers:
+            entry["workers"] = self.workers
         return entry
 
 
@@ -132,7 +139,8 @@ def decide(
     audit = settings.mode == "audit" or str(annotations.get(keys.MODE, "")).lower() == "audit"
     if opted_out(annotations):
         return Decision([], [], [], audit, "opted-out")
-    targets, warnings = select_targets(pod, images)
+    profiles = settings.profiles()
+    targets, warnings = select_targets(pod, images, profiles)
     if not targets:
         return Decision([], _clean(warnings), [], audit, "no-target")
 
@@ -143,10 +151,16 @@ def decide(
         previous=_previous_status(annotations),
         override=str(annotations.get(keys.OVERRIDE, "")).strip().lower() == "true",
         configmaps=configmaps or {},
+        profiles=profiles,
+        multi=str(annotations.get(keys.MULTI_WORKER, "")).strip().lower() == "true",
     )
     results = []
+    seen: set[str] = set()
     edits = []
     for target in targets:
+        if target.name in seen:  # a repeated name (an invalid pod): edit its first container once
+            continue
+        seen.add(target.name)
         path, container = located[target.name]
         edit = ContainerEdit(
             path,
@@ -158,7 +172,8 @@ def decide(
         edits.append(edit)
         warnings += found
         image = images.get(container.get("image", ""))
-        warnings += flag_warnings(target.name, target.server, _plain_env(container, image))
+        profile = profiles.get(target.runtime) or GENERIC_PROFILE
+        warnings += flag_warnings(target.name, profile, target.server, _plain_env(container, image))
 
     status = orjson.dumps({r.name: r.status() for r in results}, option=orjson.OPT_SORT_KEYS)
     injected = [r for r in results if r.set]
@@ -189,6 +204,8 @@ class _EnvContext:
     previous: Mapping[str, Obj]
     override: bool
     configmaps: Mapping[str, frozenset[str]]
+    profiles: ProfileSet
+    multi: bool  # the pod opted in to more than one worker where a runtime risks a crash
 
 
 def _locate(pod: Obj) -> dict[str, tuple[Path, Obj]]:
@@ -260,18 +277,33 @@ def _apply(
     ctx: _EnvContext,
 ) -> tuple[ContainerResult, list[str]]:
     """Decide from the original `container`; log the env and resizePolicy changes in `edit`."""
+    if target.undecided:
+        skipped = f"runs {' or '.join(target.undecided)} by its arguments; not decided"
+        _remove_own(edit.env, target.name, ctx)
+        return ContainerResult(target.name, target.runtime, target.source, skipped=skipped), []
+    profile = ctx.profiles.get(target.runtime) or GENERIC_PROFILE
     cpu, why = cpu_limit(pod, container)
     if cpu is None:
         _remove_own(edit.env, target.name, ctx)
         return ContainerResult(target.name, target.runtime, target.source, skipped=why), [why or ""]
     warnings = []
     workers = worker_count(cpu.value, policy, memory=memory_limit(container))
-    if workers.memory_cap is not None:
+    count = workers.count
+    if profile.env and workers.memory_cap is not None:
         warnings.append(
-            f"container {target.name!r}: memory limit caps WEB_CONCURRENCY at {workers.count}"
+            f"container {target.name!r}: memory limit caps {profile.env[0]} at {count}"
             " (memory-per-worker)"
         )
-    desired = {keys.WEB_CONCURRENCY: str(workers.count)}
+    if count > 1 and profile.cli_workers_only and not _started_by_cli(target) and not ctx.multi:
+        warnings.append(
+            f"{target.name!r}: {profile.name} not run by its CLI: {count} -> 1 worker (run(app) "
+            f"exits above 1); opt in: {keys.MULTI_WORKER}"
+        )
+        count = 1
+    if not profile.env:
+        warnings.append(f"{target.name!r}: {profile.name} reads no worker variable; {profile.hint}")
+    desired = dict.fromkeys(profile.env, str(count))
+    workers_env = set(profile.env)
     if cpu.source == "container":
         desired[keys.CPU_LIMIT] = CPU_LIMIT_MARK
     if settings.python_cpu_count:
@@ -281,18 +313,22 @@ def _apply(
     env = edit.env
     applied: dict[str, str] = {}
     kept: list[str] = []
-    unread: dict[str, list[str]] = {}  # envFrom source that could not be read -> names skipped
-    for name in keys.INJECTED_ENV:
+    unread: dict[str, list[str]] = {}  # names whose value an unread envFrom source may hold
+    for name in dict.fromkeys([*desired, *keys.FACTS, *ours]):
         index = next((i for i, e in enumerate(env.items) if e.get("name") == name), None)
         mine = index is not None and _is_own(env.items[index], ours, target.name)
-        blocked, unreadable = _user_owns(container, name, index, mine=mine, ctx=ctx)
+        owned, sources = _user_owns(container, name, index, mine=mine, ctx=ctx)
+        if sources and name in desired:
+            unread[name] = sources
+        # A fact is set over an unread source; a worker variable only if the cluster says so.
+        blocked = owned or bool(
+            sources and name in workers_env and settings.env_from_unknown == "skip"
+        )
         if name not in desired or blocked:
             if mine and index is not None:
                 env.delete(index)
-            if blocked and name in desired:
+            if owned and name in desired:
                 kept.append(name)
-                if unreadable:
-                    unread.setdefault(unreadable, []).append(name)
             continue
         entry = _entry(name, desired[name], target.name)
         if index is None:
@@ -300,9 +336,8 @@ def _apply(
         else:
             env.replace(index, entry)
         applied[name] = desired[name]
-    for source, names in unread.items():
-        warnings.append(f"{target.name!r}: {source} not read; {', '.join(names)} not set")
-    if settings.resize_restart and not target.init and keys.WEB_CONCURRENCY in applied:
+    warnings += _unread_warnings(target.name, unread, applied)
+    if settings.resize_restart and not target.init and workers_env & set(applied):
         _add_resize_policy(edit.resize)
     result = ContainerResult(
         target.name,
@@ -312,36 +347,63 @@ def _apply(
         cpu.source,
         applied,
         tuple(kept),
+        unread=tuple(dict.fromkeys(s for sources in unread.values() for s in sources)),
+        workers=None if profile.env else "none",
     )
     return result, warnings
 
 
+def _started_by_cli(target: Target) -> bool:
+    """Whether the target's own command line is its runtime's CLI (so workers > 1 is safe)."""
+    return target.server is not None and target.server.runtime == target.runtime
+
+
+def _unread_warnings(
+    name: str, unread: Mapping[str, list[str]], applied: Mapping[str, str]
+) -> list[str]:
+    """One warning per container naming every envFrom source that was not read."""
+    if not unread:
+        return []
+    sources = ", ".join(dict.fromkeys(s for found in unread.values() for s in found))
+    skipped = [n for n in unread if n not in applied]
+    replaced = [n for n in unread if n in applied]
+    said = []
+    if skipped:
+        said.append(f"{', '.join(skipped)} not set")
+    if replaced:
+        said.append(f"{', '.join(replaced)} set over it")
+    return [f"{name!r}: {sources} not read; {'; '.join(said)}"]
+
+
 def _user_owns(
     container: Obj, name: str, index: int | None, *, mine: bool, ctx: _EnvContext
-) -> tuple[bool, str | None]:
-    """Whether the user set (or may have set) `name`; the second item names an unread source.
+) -> tuple[bool, list[str]]:
+    """Whether the user set `name` (an env entry, a ConfigMap key), and which unread sources may.
 
-    Kubernetes gives an `env` entry precedence over `envFrom`, so adding one would silently
-    replace a value the user provides through a ConfigMap or Secret.
+    Kubernetes gives an `env` entry precedence over `envFrom`, so adding one would replace a
+    value the user provides through a ConfigMap or Secret. A Secret is never read, and a
+    ConfigMap only in-cluster: those are named, not claimed as kept.
     """
     if ctx.override:
-        return False, None
+        return False, []
     if index is not None and not mine:
-        return True, None
+        return True, []
+    owned = False
+    unread: list[str] = []
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix") or ""
         if not name.startswith(prefix):
             continue
         key = name[len(prefix) :]
-        if "secretRef" in source:
-            secret = (source["secretRef"] or {}).get("name")
-            return True, f"envFrom Secret {secret!r}"
+        if source.get("secretRef") is not None:
+            unread.append(f"envFrom Secret {(source['secretRef'] or {}).get('name')!r}")
+            continue
         configmap = (source.get("configMapRef") or {}).get("name")
         if not isinstance(configmap, str) or configmap not in ctx.configmaps:
-            return True, f"envFrom ConfigMap {configmap!r}"
-        if key in ctx.configmaps[configmap]:
-            return True, None
-    return False, None
+            unread.append(f"envFrom ConfigMap {configmap!r}")
+        elif key in ctx.configmaps[configmap]:
+            owned = True
+    return owned, [] if owned else unread
 
 
 def _remove_own(env: ArrayEdit, name: str, ctx: _EnvContext) -> None:

@@ -20,6 +20,7 @@ from webhook.config import (
     quantity,
 )
 from webhook.detection import ServerCommand
+from webhook.profiles import Profile
 from webhook.types import Obj
 
 CpuSource = Literal["container", "pod"]
@@ -28,7 +29,6 @@ ROUNDING_MODES: dict[Rounding, str] = {
     "ceil": ROUND_CEILING,
     "round": ROUND_HALF_UP,
 }
-GUNICORN_CMD_ARGS = "GUNICORN_CMD_ARGS"
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def cpu_limit(pod: Obj, container: Obj) -> tuple[CpuLimit | None, str | None]:
     spec = pod.get("spec") or {}
     pod_cpu = ((spec.get("resources") or {}).get("limits") or {}).get("cpu")
     if pod_cpu is None:
-        return None, f"container {name!r} has no CPU limit; WEB_CONCURRENCY not set"
+        return None, f"container {name!r} has no CPU limit; nothing injected"
     try:
         remaining = quantity(pod_cpu)
         for other in _long_running(spec):
@@ -176,44 +176,65 @@ def python_cpu_count(cpu: Decimal) -> int:
     return max(1, math.floor(cpu))
 
 
-def flag_warnings(name: str, server: ServerCommand | None, env: Mapping[str, str]) -> list[str]:
-    """Flags that defeat WEB_CONCURRENCY (`--workers`/`-w`) or multiply it (`--threads` > 1)."""
+def flag_warnings(
+    name: str, profile: Profile, server: ServerCommand | None, env: Mapping[str, str]
+) -> list[str]:
+    """Flags and variables that defeat the worker variable, or multiply it (threads > 1)."""
     warnings = []
     if server is not None:
-        warnings += _flags(name, server.args, where="args")
-    if GUNICORN_CMD_ARGS in env:
-        try:
-            words = shlex.split(env[GUNICORN_CMD_ARGS])
-        except ValueError:
-            words = env[GUNICORN_CMD_ARGS].split()
-        warnings += _flags(name, tuple(words), where=GUNICORN_CMD_ARGS)
+        warnings += _flags(name, profile, server.args, where="args")
+    for variable in profile.flag_env:
+        if variable in env:
+            try:
+                words = shlex.split(env[variable])
+            except ValueError:
+                words = env[variable].split()
+            warnings += _flags(name, profile, tuple(words), where=variable)
+    target = profile.env[0] if profile.env else "the worker count"
+    for variable in profile.override_env:
+        if variable in env:
+            warnings.append(
+                f"container {name!r}: {variable}={env[variable][:20]} overrides {target}"
+            )
     return warnings
 
 
-def _flags(name: str, args: tuple[str, ...], *, where: str) -> list[str]:
+def _flags(name: str, profile: Profile, args: tuple[str, ...], *, where: str) -> list[str]:
     warnings = []
-    workers = _option(args, "-w", "--workers")
-    if workers is not None:
-        warnings.append(
-            f"container {name!r}: --workers {workers} in {where} overrides WEB_CONCURRENCY"
-        )
-    threads = _option(args, None, "--threads")
-    if threads is not None and (not threads.isdigit() or int(threads) > 1):
-        warnings.append(
-            f"container {name!r}: gunicorn --threads {threads} in {where} runs "
-            "WEB_CONCURRENCY x threads at once"
-        )
+    target = profile.env[0] if profile.env else "the worker count"
+    for flag in profile.flags:
+        value = _option(args, flag)
+        if value is not None:
+            shown = next((f for f in profile.flags if f.startswith("--")), flag)
+            warnings.append(
+                f"container {name!r}: {shown} {value[:20]} in {where} overrides {target}"
+            )
+            break
+    for flag in profile.config_flags:
+        value = _option(args, flag)
+        if value is not None:
+            warnings.append(
+                f"container {name!r}: config file {value[:40]} ({flag}) may set the worker count"
+            )
+            break
+    for flag in profile.threads_flags:
+        threads = _option(args, flag)
+        if threads is not None and (not threads.isdigit() or int(threads) > 1):
+            warnings.append(
+                f"container {name!r}: {profile.name} {flag} {threads[:20]} in {where} runs "
+                f"{target} x threads at once"
+            )
     return warnings
 
 
-def _option(args: tuple[str, ...], short: str | None, long: str) -> str | None:
+def _option(args: tuple[str, ...], flag: str) -> str | None:
     """The value of an option given as `-w 4`, `-w4`, `--workers 4` or `--workers=4`."""
+    short = not flag.startswith("--")
     for i, arg in enumerate(args):
-        nxt = args[i + 1] if i + 1 < len(args) else "?"
-        if arg == long or (short and arg == short):
-            return nxt
-        if arg.startswith(long + "="):
-            return arg[len(long) + 1 :]
-        if short and arg.startswith(short) and not arg.startswith("--") and len(arg) > 2:
-            return arg[2:]
+        if arg == flag:
+            return args[i + 1] if i + 1 < len(args) else "?"
+        if arg.startswith(flag + "="):
+            return arg[len(flag) + 1 :]
+        if short and arg.startswith(flag) and not arg.startswith("--") and len(arg) > len(flag):
+            return arg[len(flag) :]
     return None

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.admission import ReviewError, brief, check_pod, check_review
+from webhook.admission import ReviewError, check_pod, check_review
 from webhook.types import Obj
 
 # Where each kind keeps the pod it runs, as a path of keys.
@@ -20,7 +20,10 @@ TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "ReplicationController": ("spec", "template"),
     "Job": ("spec", "template"),
     "CronJob": ("spec", "jobTemplate", "spec", "template"),
+    "Rollout": ("spec", "template"),  # Argo Rollouts (without a workloadRef)
 }
+# Kinds whose pod template may live elsewhere: without one here, they pass through.
+OPTIONAL_TEMPLATE = frozenset({"Rollout"})
 
 
 class InputError(ValueError):
@@ -51,13 +54,14 @@ def pod_slots(document: Any, *, where: str) -> Iterator[PodSlot]:
     if kind == "AdmissionReview":
         raise InputError(f"{where}: an AdmissionReview is handled whole, not as a pod")
     if kind not in TEMPLATE_PATHS:
-        raise InputError(
-            f"{where}: kind {brief(kind)} has no pod template "
-            f"(expected one of {', '.join(TEMPLATE_PATHS)}, List or AdmissionReview)"
-        )
+        return  # Services, ConfigMaps, CRDs, unknown kinds: passed through unchanged
+    if not isinstance(kind, str) or not isinstance(document.get("apiVersion", ""), str):
+        raise InputError(f"{where}: kind and apiVersion must be strings")
     pod: Any = document
     for key in TEMPLATE_PATHS[kind]:
         pod = pod.get(key) if isinstance(pod, dict) else None
+    if pod is None and kind in OPTIONAL_TEMPLATE:
+        return
     if not isinstance(pod, dict):
         raise InputError(f"{where}: {kind} has no {'.'.join(TEMPLATE_PATHS[kind])}")
     try:
@@ -83,3 +87,44 @@ def _name(document: Obj) -> str:
 
 def namespace_of(document: Obj) -> str:
     return str((document.get("metadata") or {}).get("namespace") or "")
+
+
+def configmap_keys(documents: list[Any]) -> dict[tuple[str, str], frozenset[str]]:
+    """The keys of every ConfigMap in the input, by (namespace, name): offline envFrom answers."""
+    found: dict[tuple[str, str], frozenset[str]] = {}
+    for document in documents:
+        for item in _items(document):
+            if item.get("kind") != "ConfigMap" or item.get("apiVersion", "v1") != "v1":
+                continue
+            metadata = item.get("metadata") or {}
+            name = metadata.get("name") if isinstance(metadata, dict) else None
+            if not isinstance(name, str):
+                continue
+            keys = [
+                k
+                for field_name in ("data", "binaryData")
+                if isinstance(item.get(field_name), dict)
+                for k in item[field_name]
+            ]
+            found[(namespace_of(item), name)] = frozenset(map(str, keys))
+    return found
+
+
+def configmaps_for(
+    known: dict[tuple[str, str], frozenset[str]], namespace: str
+) -> dict[str, frozenset[str]]:
+    """The ConfigMaps a pod in `namespace` can use (one without a namespace matches any)."""
+    return {
+        name: keys
+        for (ns, name), keys in known.items()
+        if not ns or not namespace or ns == namespace
+    }
+
+
+def _items(document: Any) -> list[Obj]:
+    if not isinstance(document, dict):
+        return []
+    items = document.get("items")
+    if isinstance(items, list) and str(document.get("kind", "")).endswith("List"):
+        return [i for item in items for i in _items(item)]
+    return [document]
