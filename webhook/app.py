@@ -21,9 +21,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
 
-from webhook import logs, metrics, tls, wiring
+from webhook import logs, metrics, protocol, shutdown, tls, wiring
 from webhook.admission import (
     ReviewError,
+    allow,
     check_pod,
     fail_open,
     is_pod_create,
@@ -34,6 +35,7 @@ from webhook.admission import (
 from webhook.cache import DecisionCache, decision_key, pod_key
 from webhook.config import Settings
 from webhook.detection import images_to_resolve
+from webhook.limits import over_limit
 from webhook.mutation import Decision, configmaps_to_read, decide
 from webhook.types import AdmissionResponse, EnvSourceReader, ImageConfig, ImageResolver, Obj
 
@@ -116,6 +118,14 @@ class Webhook:
         if not is_pod_create(review):
             return {"uid": uid, "allowed": True}, "ignored"
         pod: Obj = request.get("object") or {}
+        too_big = over_limit(pod, self.settings)
+        if too_big is not None:  # fail open, by decision (see webhook/limits.py)
+            metrics.child(metrics.OVER_LIMIT, too_big.limit).inc()
+            log.warning(
+                "pod over a work limit; admitted unchanged",
+                extra={"limit": too_big.limit, "count": too_big.count, "cap": too_big.cap},
+            )
+            return allow(uid, warnings=[too_big.warning]), "unchanged"
         key = pod_key(pod)
         if not self.cache.checked(key):  # a pod seen before was checked then
             check_pod(pod)
@@ -241,6 +251,7 @@ def build_api(webhook: Webhook) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
+        shutdown.install_drain(webhook.settings.drain_seconds)
         tasks = [asyncio.create_task(_watch_certificates(webhook.settings.cert_reload_seconds))]
         if webhook.settings.tls_self_managed:
             tasks.append(asyncio.create_task(_self_managed_tls(webhook.settings, stop)))
@@ -269,6 +280,8 @@ def build_api(webhook: Webhook) -> FastAPI:
 
     @api.get("/readyz")
     async def readyz() -> JSONResponse:
+        if shutdown.STATE.draining:  # on SIGTERM: the Service stops sending reviews here
+            return JSONResponse({"status": "draining"}, 503)
         serving = all(ctx.context is not None for ctx in tls.ACTIVE)
         return JSONResponse({"status": "ready" if serving else "starting"}, 200 if serving else 503)
 
@@ -306,6 +319,7 @@ def create_app() -> Webhook:
     """The app uvicorn serves (a factory: each worker builds its own from the environment)."""
     settings = Settings.from_env()
     logs.setup(settings.log_level, settings.log_format)
+    protocol.configure(settings)
     app = Webhook(
         settings, resolver=wiring.resolver(settings), env_reader=wiring.env_reader(settings)
     )

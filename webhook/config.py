@@ -81,6 +81,20 @@ class Settings:
     cert_reload_seconds: float = 10.0
     log_level: str = "info"
     log_format: LogFormat = "auto"
+    # Connection bounds, per worker (webhook/protocol.py).
+    max_connections: int = 1000
+    first_request_seconds: float = 10.0
+    request_read_seconds: float = 10.0
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    # Shutdown: seconds of drain after SIGTERM (/readyz 503, `Connection: close`), then at most
+    # this long for in-flight reviews.
+    drain_seconds: float = 2.0
+    shutdown_timeout: float = 10.0
+    # Work per review: past these the pod is admitted unchanged with a warning (webhook/limits.py).
+    max_containers: int = 100
+    max_env_entries: int = 5000
+    max_annotation_bytes: int = 256 * 1024
     # Self-managed TLS in-cluster (the chart's default TLS mode).
     tls_self_managed: bool = False
     tls_secret: str | None = None
@@ -239,6 +253,13 @@ def _seconds(raw: str) -> float:
     return value
 
 
+def _non_negative_seconds(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError("expected seconds, 0 or more")
+    return value
+
+
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 <= value <= 65535:
@@ -269,6 +290,16 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "port": _port,
     "max_body_bytes": _positive_int,
     "decision_cache_size": int,
+    "max_connections": _positive_int,
+    "first_request_seconds": _seconds,
+    "request_read_seconds": _seconds,
+    "max_header_bytes": _positive_int,
+    "max_headers": _positive_int,
+    "drain_seconds": _non_negative_seconds,
+    "shutdown_timeout": _seconds,
+    "max_containers": _positive_int,
+    "max_env_entries": _positive_int,
+    "max_annotation_bytes": _positive_int,
     "cert_reload_seconds": _seconds,
     "log_level": _choice(LOG_LEVELS),
     "log_format": _choice(LOG_FORMATS),

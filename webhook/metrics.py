@@ -35,6 +35,17 @@ ERRORS = Counter(
     "Internal errors; each one admitted a pod unpatched (fail-open).",
     ["stage"],
 )
+CONNECTIONS_CLOSED = Counter(
+    f"{NS}_connections_closed_total",
+    "Connections the server closed on a bound, by reason (first-request-timeout, read-timeout, "
+    "header-bytes, header-count, over-capacity, evicted, upgrade, stopping).",
+    ["reason"],
+)
+OVER_LIMIT = Counter(
+    f"{NS}_reviews_over_limit_total",
+    "Reviews over a work limit, admitted unchanged with a warning (fail-open), by limit.",
+    ["limit"],
+)
 CERT_RELOADS = Counter(
     f"{NS}_certificate_reloads_total",
     "Serving certificate reloads from disk, by result.",

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import MutableMapping
 from pathlib import Path
+from types import FrameType
 
 import orjson
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from webhook import logs, tls, wiring
 from webhook.config import ConfigError, Settings, env_name
+from webhook.protocol import BoundedHttpToolsProtocol
 
 # kube-apiserver keeps idle connections to webhooks for 90 s; a server that closes them sooner
 # makes it send reviews on dead connections.
 KEEP_ALIVE_SECONDS = 120
-GRACEFUL_SHUTDOWN_SECONDS = 20
 DEV_NAMES = ["localhost", "127.0.0.1", "::1"]
 
 log = logs.get("server")
@@ -79,21 +85,56 @@ def serve(settings: Settings, environ: MutableMapping[str, str] | None = None) -
 
 
 def _run(settings: Settings, cert_file: str, key_file: str, *, workers: int) -> None:
-    uvicorn.run(
+    """uvicorn.run's two ways of serving, with SIGTERM passed on to workers at once."""
+    config = uvicorn.Config(
         "webhook.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=workers,
         ssl_context_factory=tls.ReloadingContext(cert_file, key_file),
+        # httptools with the bounds it lacks (webhook/protocol.py); no websockets, nothing
+        # here upgrades.
+        http=BoundedHttpToolsProtocol,
+        ws="none",
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        # After the drain (webhook/shutdown.py), the most that reviews in flight may take.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
         log_config=None,
         access_log=False,
         server_header=False,
         proxy_headers=False,
         lifespan="on",
     )
+    if workers == 1:
+        server = uvicorn.Server(config)
+        server.run()
+        if not server.started:
+            raise SystemExit(STARTUP_FAILURE)
+        return
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    _forward_sigterm(supervisor)
+    supervisor.run()
+
+
+def _forward_sigterm(supervisor: Multiprocess) -> None:
+    """Send SIGTERM on to the workers when it arrives, not at the supervisor's next tick.
+
+    uvicorn's supervisor queues signals and reads the queue every half second, so its workers
+    would keep serving as ready, with keep-alive, for up to that long; each worker starts its
+    drain (webhook/shutdown.py) on the first SIGTERM and ignores the supervisor's own later one.
+    """
+    queue_signal = signal.getsignal(signal.SIGTERM)
+
+    def forward(sig: int, frame: FrameType | None) -> None:
+        for process in supervisor.processes:
+            if process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+        if callable(queue_signal):
+            queue_signal(sig, frame)
+
+    signal.signal(signal.SIGTERM, forward)
 
 
 def prepare_self_managed(settings: Settings) -> None:
