@@ -99,6 +99,13 @@ VALUE_SETS = {
     "audit": ("server.mode=audit",),
     "no-configmaps": ("server.readConfigMaps=false",),
     "registry-secret": ("registry.dockerConfigSecret=regcred", "registry.insecure={r.local:5000}"),
+    "profiles": (
+        "profiles.disabled={celery,dramatiq}",
+        "profiles.extra[0].name=acme",
+        "profiles.extra[0].env={ACME_WORKERS}",
+        "profiles.extra[0].launchers[0]={acme,serve}",
+        "server.envFromUnknown=set",
+    ),
 }
 
 
@@ -236,6 +243,8 @@ def test_server_settings_env(tools: Path) -> None:
         ENV_PREFIX + "MEMORY_PER_WORKER": "",
         ENV_PREFIX + "RESIZE_RESTART": "false",
         ENV_PREFIX + "PYTHON_CPU_COUNT": "true",
+        ENV_PREFIX + "ENV_FROM_UNKNOWN": "skip",
+        ENV_PREFIX + "DISABLED_PROFILES": "",
         ENV_PREFIX + "READ_CONFIGMAPS": "true",
         ENV_PREFIX + "LOG_LEVEL": "info",
         ENV_PREFIX + "LOG_FORMAT": "json",
@@ -660,3 +669,14 @@ def test_chart_values_reach_the_server_as_typed_settings(tools: Path) -> None:
     assert (settings.workers_per_cpu, settings.max_workers, settings.rounding) == (Decimal("1.5"), 8, "ceil")
     assert settings.memory_per_worker == Decimal(256 * 1024 * 1024)
     assert (settings.resize_restart, settings.python_cpu_count) == (True, False)
+
+
+def test_chart_profile_values_reach_the_server(tools: Path) -> None:
+    docs = render(tools, *VALUE_SETS["profiles"])
+    literal = {k: v for k, v in env(docs).items() if k.startswith(ENV_PREFIX) and isinstance(v, str)}
+    settings = Settings.from_env(literal)
+    assert settings.disabled_profiles == ("celery", "dramatiq")
+    assert settings.env_from_unknown == "set"
+    active = settings.profiles()
+    assert "celery" not in active.names()
+    assert active.profiles["acme"].env == ("ACME_WORKERS",)

@@ -3,12 +3,12 @@ from __future__ import annotations
 import pytest
 
 from tests.podgen import container, pod
+from webhook.config import Settings
 from webhook.detection import (
     find_server,
     images_to_resolve,
     select_targets,
 )
-from webhook.config import Settings
 from webhook.types import ImageConfig
 
 PROFILES = Settings().profiles()

@@ -152,9 +152,7 @@ class Webhook:
         self, pod: Obj, namespace: str, query: bytes
     ) -> tuple[dict[str, ImageConfig], dict[str, frozenset[str]]]:
         """Registry and ConfigMap reads, in parallel, inside one time budget per review."""
-        refs = (
-            images_to_resolve(pod, self.settings.profiles()) if self.resolver is not None else []
-        )
+        refs = images_to_resolve(pod, self.settings.profiles()) if self.resolver is not None else []
         names = configmaps_to_read(pod) if self.env_reader is not None and namespace else []
         if not refs and not names:
             return {}, {}

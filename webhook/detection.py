@@ -367,9 +367,10 @@ def detect(
             return Detected(server.runtime, "image-command", server)
         if isinstance(from_image, Branches):
             return from_image
-    if not args and isinstance(container.get("image"), str):
+    if isinstance(container.get("image"), str):
         profile = profiles.by_image(repository(container["image"]))
-        if profile is not None:
+        # The image's own command, or the subcommand of its entrypoint that serves.
+        if profile is not None and (not args or args[0] in profile.subcommands):
             return Detected(profile.name, "image-name", None)
     return found
 

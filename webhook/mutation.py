@@ -27,11 +27,12 @@ from webhook.policy import (
     cpu_text,
     flag_warnings,
     memory_limit,
+    option,
     pod_policy,
     python_cpu_count,
     worker_count,
 )
-from webhook.profiles import GENERIC_PROFILE, ProfileSet
+from webhook.profiles import GENERIC_PROFILE, Profile, ProfileSet
 from webhook.types import ImageConfig, Obj
 
 MAX_WARNING = 120
@@ -300,7 +301,7 @@ def _apply(
             f"exits above 1); opt in: {keys.MULTI_WORKER}"
         )
         count = 1
-    if not profile.env:
+    if not profile.env and not _sets_workers_itself(target, profile):
         warnings.append(f"{target.name!r}: {profile.name} reads no worker variable; {profile.hint}")
     desired = dict.fromkeys(profile.env, str(count))
     workers_env = set(profile.env)
@@ -351,6 +352,12 @@ def _apply(
         workers=None if profile.env else "none",
     )
     return result, warnings
+
+
+def _sets_workers_itself(target: Target, profile: Profile) -> bool:
+    """Whether the command line already gives the worker count by a flag."""
+    args = target.server.args if target.server is not None else ()
+    return any(option(args, flag) is not None for flag in profile.flags)
 
 
 def _started_by_cli(target: Target) -> bool:

@@ -202,8 +202,8 @@ def flag_warnings(
 def _flags(name: str, profile: Profile, args: tuple[str, ...], *, where: str) -> list[str]:
     warnings = []
     target = profile.env[0] if profile.env else "the worker count"
-    for flag in profile.flags:
-        value = _option(args, flag)
+    for flag in profile.flags if profile.env else ():  # without a variable, a flag is the way
+        value = option(args, flag)
         if value is not None:
             shown = next((f for f in profile.flags if f.startswith("--")), flag)
             warnings.append(
@@ -211,14 +211,19 @@ def _flags(name: str, profile: Profile, args: tuple[str, ...], *, where: str) ->
             )
             break
     for flag in profile.config_flags:
-        value = _option(args, flag)
+        value = option(args, flag)
         if value is not None:
             warnings.append(
                 f"container {name!r}: config file {value[:40]} ({flag}) may set the worker count"
             )
             break
+    for flag in profile.solo_flags:
+        if flag in args:
+            warnings.append(
+                f"container {name!r}: {flag} in {where} runs one process; {target} unused"
+            )
     for flag in profile.threads_flags:
-        threads = _option(args, flag)
+        threads = option(args, flag)
         if threads is not None and (not threads.isdigit() or int(threads) > 1):
             warnings.append(
                 f"container {name!r}: {profile.name} {flag} {threads[:20]} in {where} runs "
@@ -227,7 +232,7 @@ def _flags(name: str, profile: Profile, args: tuple[str, ...], *, where: str) ->
     return warnings
 
 
-def _option(args: tuple[str, ...], flag: str) -> str | None:
+def option(args: tuple[str, ...], flag: str) -> str | None:
     """The value of an option given as `-w 4`, `-w4`, `--workers 4` or `--workers=4`."""
     short = not flag.startswith("--")
     for i, arg in enumerate(args):

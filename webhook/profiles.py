@@ -33,6 +33,7 @@ STRING_LISTS: dict[str, re.Pattern[str] | None] = {
     "overrideEnv": ENV_NAME,
     "configFlags": FLAG,
     "threadsFlags": FLAG,
+    "soloFlags": FLAG,
 }
 FIELDS = frozenset(
     {*STRING_LISTS, "name", "description", "kind", "launchers", "hint", "cliWorkersOnly"}
@@ -63,6 +64,8 @@ class Profile:
     override_env: tuple[str, ...] = ()
     config_flags: tuple[str, ...] = ()
     threads_flags: tuple[str, ...] = ()
+    # Flags that make the runtime run a single process whatever its worker variable says.
+    solo_flags: tuple[str, ...] = ()
     cli_workers_only: bool = False
     hint: str = ""
     description: str = ""
@@ -180,6 +183,7 @@ def _profile(item: Any, where: str) -> Profile:
         override_env=lists["overrideEnv"],
         config_flags=lists["configFlags"],
         threads_flags=lists["threadsFlags"],
+        solo_flags=lists["soloFlags"],
         cli_workers_only=item.get("cliWorkersOnly", False),
         hint=item.get("hint", ""),
         description=item.get("description", ""),
