@@ -31,6 +31,11 @@ echo "--- static checks: workflows, Dockerfiles, shell scripts, chart, versions 
 hack/lint.sh
 
 if [ "$#" -eq 0 ]; then
+    echo "--- core tests against the lowest dependency versions pyproject.toml allows"
+    hack/test-lowest.sh
+fi
+
+if [ "$#" -eq 0 ]; then
     echo "--- benchmark smoke run (keeps the harness working; no timing assertions)"
     hack/bench/run.sh --smoke
 fi
