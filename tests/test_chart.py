@@ -138,7 +138,7 @@ def test_default_objects(tools: Path) -> None:
     docs = render(tools)
     assert kinds(docs) == [
         "ClusterRole", "ClusterRoleBinding", "Deployment", "MutatingWebhookConfiguration",
-        "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount",
+        "NetworkPolicy", "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount",
     ]
     for doc in docs:
         labels = doc["metadata"]["labels"]
@@ -523,16 +523,31 @@ def test_bad_values_fail_with_a_clear_message(
 
 
 def test_network_policy(tools: Path) -> None:
-    docs = render(tools, "networkPolicy.enabled=true", "networkPolicy.apiServerCidrs={10.0.0.0/24}")
+    docs = render(tools, "networkPolicy.apiServerCidrs={10.0.0.0/24}")
     spec = one(docs, "NetworkPolicy")["spec"]
     assert spec["policyTypes"] == ["Ingress"]
     assert spec["ingress"] == [{
         "ports": [{"port": "https", "protocol": "TCP"}],
-        "from": [{"ipBlock": {"cidr": "10.0.0.0/24"}}],
+        "from": [{"ipBlock": {"cidr": "10.0.0.0/24"}},
+                 {"namespaceSelector": {"matchLabels": {
+                     "kubernetes.io/metadata.name": "kube-system"}}}],
     }]
     assert spec["podSelector"] == {"matchLabels": {
         "app.kubernetes.io/name": "concurrency-injector", "app.kubernetes.io/instance": RELEASE}}
-    assert "NetworkPolicy" not in kinds(render(tools))
+    assert "NetworkPolicy" not in kinds(render(tools, "networkPolicy.enabled=false"))
+
+
+def test_network_policy_is_on_by_default(tools: Path) -> None:
+    """Only konnectivity agents and API servers running as pods (kube-system), by default."""
+    (rule,) = one(render(tools), "NetworkPolicy")["spec"]["ingress"]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "kube-system"}}}]
+
+
+def test_network_policy_without_peers_fails(tools: Path) -> None:
+    run = helm(tools, "template", RELEASE, str(CHART), "--set", "networkPolicy.fromNamespaces=null")
+    assert run.returncode != 0
+    assert "no peer could reach the webhook" in run.stderr
 
 
 def test_monitoring(tools: Path) -> None:
