@@ -43,12 +43,18 @@ node_image() {
     esac
 }
 
+# The kind network's IPv4 subnets: kube-apiserver runs on the control-plane node's network, so
+# its calls to the webhook come from a node address, which the chart's NetworkPolicy must let in.
+# Found after the cluster exists; hack/lint.sh renders with Docker's usual default.
+NODE_CIDRS="${KIND_NODE_CIDRS:-172.18.0.0/16}"
+
 # The helm arguments of the install, one a line; hack/lint.sh renders the chart with them.
 helm_args() {
     printf '%s\n' --namespace "$NAMESPACE" \
         -f hack/kind/values.yaml \
         --set "image.repository=$IMAGE_REPOSITORY" \
-        --set "image.tag=$TAG"
+        --set "image.tag=$TAG" \
+        --set "networkPolicy.apiServerCidrs={$NODE_CIDRS}"
 }
 
 if [ "${1:-}" = helm-args ]; then
@@ -136,6 +142,10 @@ data:
     host: "localhost:$REGISTRY_PORT"
     help: "https://kind.sigs.k8s.io/docs/user/local-registry/"
 EOF
+
+NODE_CIDRS="$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' \
+    | tr ' ' '\n' | grep '\.' | paste -sd, -)"
+echo "--- the kind network: $NODE_CIDRS (the NetworkPolicy's apiServerCidrs)"
 
 echo "--- images"
 docker build -t "$IMAGE_REPOSITORY:$TAG" .
