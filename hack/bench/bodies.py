@@ -51,9 +51,9 @@ NON_TARGETS: list[Container] = [
      ["-c", "/fluent-bit/etc/fluent-bit.conf"], "200m", "128Mi", 2020),
     ("statsd-exporter", "docker.io/prom/statsd-exporter:v0.26.0", ["/bin/statsd_exporter"],
      ["--statsd.mapping-config=/etc/statsd/mapping.yaml"], "100m", "64Mi", 9102),
-    ("celery", "registry.example.com/shop/storefront:2.14.1", ["celery"],
-     ["-A", "storefront", "worker", "--loglevel", "INFO", "--concurrency", "2"], "1", "1Gi",
-     5555),
+    # Not celery: Celery workers are a runtime profile of their own now (a target).
+    ("memcached", "docker.io/library/memcached:1.6.23", ["memcached"],
+     ["-m", "512", "-c", "1024", "--threads", "4"], "1", "1Gi", 11211),
     ("nginx", "docker.io/library/nginx:1.25.4", ["nginx"], ["-g", "daemon off;"], "250m",
      "128Mi", 8080),
     ("pgbouncer", "docker.io/bitnami/pgbouncer:1.22.0", ["/opt/bitnami/scripts/pgbouncer/run.sh"],
@@ -231,6 +231,28 @@ def all_bodies() -> dict[str, Obj]:
         "target-16k": review(TARGETS + NON_TARGETS[:7], uid="6c1f9a2e-4b7d-4e1a-8f3c-0d5b2a9e7c13"),
         "nontarget-16k": review(NON_TARGETS, uid="6c1f9a2e-4b7d-4e1a-8f3c-0d5b2a9e7c14"),
     }
+
+
+# Images in the bench's local registry (driver.py pushes the first; the second is never there):
+# a pod without `command` runs its image's CMD, which only the registry can tell.
+HIT_IMAGE = "shop/storefront:2.14.1"
+HIT_CMD = ["gunicorn", "storefront.wsgi:application", "--bind", "0.0.0.0:8000"]
+MISS_IMAGE = "shop/storefront-missing:2.14.1"
+
+
+def registry_bodies(host: str) -> dict[str, Obj]:
+    """The target pod without `command`, its image in the registry at `host` (a cached hit:
+    the image's CMD runs gunicorn) or missing from it (a cached failure: no target)."""
+    found = {}
+    for name, image, uid in (("nocmd-hit-4k", HIT_IMAGE, "6c1f9a2e-4b7d-4e1a-8f3c-0d5b2a9e7c15"),
+                             ("nocmd-miss-4k", MISS_IMAGE, "6c1f9a2e-4b7d-4e1a-8f3c-0d5b2a9e7c16")):
+        body = review(TARGETS[:1], uid=uid)
+        container = body["request"]["object"]["spec"]["containers"][0]
+        del container["command"]
+        container["args"] = []
+        container["image"] = f"{host}/{image}"
+        found[name] = body
+    return found
 
 
 def is_target(name: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -43,7 +44,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent.parent
 SERVER_CPU = 0
 LOAD_CPU = 1
-SERVERS = ("webhook", "floor", "kopf", "flask")
+SERVERS = ("webhook", "webhook-registry", "floor", "kopf", "flask")
+# The webhook as installed by default: registry lookups on, here against a local registry.
+REGISTRY_SERVER = "webhook-registry"
 START_TIMEOUT_SECONDS = 60.0
 POLL_SECONDS = 0.02
 WRK_GRACE_SECONDS = 60.0
@@ -79,6 +82,14 @@ class Load:
         return f"{self.body} distinct" if self.distinct else self.body
 
 
+# The default path: registry lookups on, a pod without `command` whose image the registry
+# knows (CMD runs gunicorn) or does not have; both answered from the registry cache after the
+# first review. With `command`, the registry is never asked.
+REGISTRY_LOADS = (Load("nocmd-hit-4k", distinct=False, concurrency=(16,)),
+                  Load("nocmd-miss-4k", distinct=False, concurrency=(16,)),
+                  Load("nocmd-hit-4k", distinct=True, concurrency=(16,)))
+
+
 @dataclass(frozen=True)
 class Plan:
     """What one invocation measures."""
@@ -107,6 +118,7 @@ class Workspace:
     body_bytes: dict[str, bytes] = field(default_factory=dict)
     body_files: dict[str, Path] = field(default_factory=dict)
     body_uids: dict[str, str] = field(default_factory=dict)
+    registry_host: str = ""
 
 
 class ServerFailed(Exception):
@@ -120,6 +132,26 @@ def free_port() -> int:
         return port
 
 
+def start_registry(workspace: Workspace, cleanup: contextlib.ExitStack) -> bool:
+    """A local `docker-registry` with the hit image pushed; False when it is not installed."""
+    from tests.registry_server import Pusher, RegistryServer, registry_binary
+
+    binary = registry_binary()
+    if binary is None:
+        return False
+    store = workspace.root / "registry"
+    store.mkdir()
+    registry = RegistryServer(store, binary)
+    registry.start()
+    cleanup.callback(registry.stop)
+    pusher = Pusher(registry.url)
+    pusher.image(bodies.HIT_IMAGE.split(":")[0], bodies.HIT_IMAGE.split(":")[1],
+                 config={"Cmd": bodies.HIT_CMD, "Labels": {}})
+    pusher.close()
+    workspace.registry_host = registry.host
+    return True
+
+
 def prepare(workspace: Workspace) -> None:
     """A throwaway CA and a serving certificate for localhost/127.0.0.1, and the body files."""
     ca = build_ca("concurrency-injector-bench-ca")
@@ -129,7 +161,10 @@ def prepare(workspace: Workspace) -> None:
         path = workspace.root / f"{attr.removesuffix('_file')}.pem"
         path.write_bytes(data)
         setattr(workspace, attr, str(path))
-    for name, review in bodies.all_bodies().items():
+    reviews = bodies.all_bodies()
+    if workspace.registry_host:
+        reviews |= bodies.registry_bodies(workspace.registry_host)
+    for name, review in reviews.items():
         data = bodies.encode(review)
         path = workspace.root / f"{name}.json"
         path.write_bytes(data)
@@ -147,9 +182,11 @@ def server_group(name: str, workspace: Workspace, port: int) -> procs.Group:
     """The command line of each server, all with the same certificate and key."""
     cert, key = workspace.cert_file, workspace.key_file
     argv: list[str]
-    if name == "webhook":
+    if name in ("webhook", REGISTRY_SERVER):
+        registry = (["--insecure-registry", workspace.registry_host] if name == REGISTRY_SERVER
+                    else ["--no-registry"])
         argv = [*webhook_argv(), "serve", "--cert-file", cert, "--key-file", key,
-                "--host", "127.0.0.1", "--port", str(port), "--no-registry"]
+                "--host", "127.0.0.1", "--port", str(port), *registry]
     elif name == "floor":
         argv = [sys.executable, str(BENCH / "floor.py"), "--cert-file", cert, "--key-file", key,
                 "--port", str(port)]
@@ -176,7 +213,11 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 
 def expect_patch(server: str, body: str) -> bool | None:
-    return None if server == "floor" else bodies.is_target(body)
+    if server == "floor":
+        return None
+    if body == "nocmd-hit-4k":  # only a server that reads the registry sees gunicorn
+        return server == REGISTRY_SERVER
+    return bodies.is_target(body)
 
 
 def verified_review(server: str, body: str, *, port: int, workspace: Workspace) -> str:
@@ -330,7 +371,7 @@ def start_server(name: str, plan: Plan, workspace: Workspace, results: Obj) -> R
     try:
         checks.check_wrong_name_rejected(checks.client_context(workspace.ca_file), port=port,
                                          body=workspace.body_bytes["target-4k"])
-        for body in bodies.all_bodies():  # all four answers are checked, even where not loaded
+        for body in workspace.body_bytes:  # every answer is checked, even where not loaded
             verified_review(name, body, port=port, workspace=workspace)
     except BaseException:
         group.stop()
@@ -541,6 +582,8 @@ def parse_args(argv: list[str] | None) -> Plan:
                              "when a webhook target is missed, full mode only)")
     parser.add_argument("--out", type=Path, help="results folder (full: hack/bench/results, "
                                                  "smoke: hack/bench/results/smoke)")
+    parser.add_argument("--loads", help="comma-separated subset of the mode's loads, by label "
+                                        "with '-' for spaces (e.g. target-4k,nocmd-hit-4k)")
     args = parser.parse_args(argv)
     servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
     unknown = set(servers) - set(SERVERS)
@@ -552,7 +595,8 @@ def parse_args(argv: list[str] | None) -> Plan:
         parser.error("--repeats: at least 1")
     if args.smoke:
         loads = (Load("target-4k", distinct=False, concurrency=(1, 16)),
-                 Load("target-4k", distinct=True, concurrency=(16,)))
+                 Load("target-4k", distinct=True, concurrency=(16,)),
+                 *REGISTRY_LOADS[:2])
         plan = Plan(mode="smoke", servers=servers, loads=loads, duration_s=args.duration or 1,
                     repeats=args.repeats or 1, warmup_s=0,
                     cold_starts=1, long_run=False,
@@ -562,12 +606,37 @@ def parse_args(argv: list[str] | None) -> Plan:
         loads = (*(Load(body, distinct=False, concurrency=(1, 16, 64))
                    for body in bodies.all_bodies()),
                  *(Load(body, distinct=True, concurrency=(16,))
-                   for body in bodies.all_bodies() if bodies.is_target(body)))
+                   for body in bodies.all_bodies() if bodies.is_target(body)),
+                 *REGISTRY_LOADS)
         plan = Plan(mode="full", servers=servers, loads=loads, duration_s=args.duration or 2,
                     repeats=args.repeats or 3, warmup_s=1,
                     cold_starts=3, long_run=True, profile=args.profile,
                     out=args.out or BENCH / "results")
+    if args.loads:
+        wanted = {label.strip() for label in args.loads.split(",") if label.strip()}
+        known = {load.label.replace(" ", "-") for load in plan.loads}
+        if wanted - known:
+            parser.error(f"--loads: unknown {sorted(wanted - known)}; choose from "
+                         f"{','.join(sorted(known))}")
+        plan = dataclasses.replace(plan, loads=tuple(
+            load for load in plan.loads if load.label.replace(" ", "-") in wanted))
     return plan
+
+
+def with_registry(plan: Plan, workspace: Workspace, cleanup: contextlib.ExitStack) -> Plan:
+    """Start the local registry the registry loads need, or leave them out without one."""
+    needed = REGISTRY_SERVER in plan.servers or any(_uses_registry(load) for load in plan.loads)
+    if not needed or start_registry(workspace, cleanup):
+        return plan
+    print("docker-registry is not installed (hack/install-registry.sh): no registry loads",
+          flush=True)
+    return dataclasses.replace(
+        plan, servers=tuple(s for s in plan.servers if s != REGISTRY_SERVER),
+        loads=tuple(load for load in plan.loads if not _uses_registry(load)))
+
+
+def _uses_registry(load: Load) -> bool:
+    return load.body.startswith("nocmd-")
 
 
 def guarded(step: str, failures: list[str], fn: Callable[[], T]) -> T | None:
@@ -588,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     workspace = Workspace(root=root, logs=plan.out / "logs")
     shutil.rmtree(workspace.logs, ignore_errors=True)  # this invocation's logs only
     workspace.logs.mkdir(parents=True, exist_ok=True)
+    cleanup = contextlib.ExitStack()
+    plan = with_registry(plan, workspace, cleanup)
     prepare(workspace)
     results: Obj = {
         "meta": {
@@ -627,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
             results["profile"] = "\n\n".join(p for p in profiles if p)
             print(results["profile"], flush=True)
     finally:
+        cleanup.close()
         shutil.rmtree(root, ignore_errors=True)
     results["meta"]["elapsed_s"] = round(time.monotonic() - started)
     report.write_all(results, plan.out)
