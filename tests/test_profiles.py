@@ -136,7 +136,7 @@ ENV: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
     ("sentry-flag", container(command=["sentry", "run", "web", "--workers", "5"], cpu="2"),
      {}, []),
     ("sentry", container(command=["sentry", "run", "web"], cpu="2"),
-     {}, ["'web': sentry reads no worker variable; set workers in SENTRY_WEB_OPTIONS (sentry.conf.py) or --workers"]),
+     {}, ["'web': sentry reads no worker variable; set workers in SENTRY_WEB_OPTIONS (sentry.conf.py), which wins over --workers"]),
     ("airflow", container(command=["airflow", "webserver"], cpu="4"),
      {"AIRFLOW__WEBSERVER__WORKERS": "4"}, []),
     ("superset-image", container(image="apache/superset:4.1.1", cpu="2"),

@@ -15,12 +15,15 @@ from types import FrameType
 
 import orjson
 import uvicorn
-from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from webhook import logs, tls, wiring
 from webhook.config import ConfigError, Settings, env_name
 from webhook.protocol import BoundedHttpToolsProtocol
+
+# uvicorn's exit status for a failed start (uvicorn.config.STARTUP_FAILURE in newer releases; the
+# lowest uvicorn this package allows has no such name).
+STARTUP_FAILURE = 3
 
 # kube-apiserver keeps idle connections to webhooks for 90 s; a server that closes them sooner
 # makes it send reviews on dead connections.
