@@ -472,3 +472,24 @@ async def test_lookup_latency(plain_registry: tuple[RegistryServer, Pusher], hos
         print(f"\n{name}: n={len(samples)} p50={p50:.3f} ms p99={p99:.3f} ms", end="")
     assert percentiles(timings["cached"])[0] < 5.0
     assert percentiles(timings["cold"])[0] < 250.0
+
+
+async def test_resolve_cached_answers_only_what_the_cache_decides(
+    plain_registry: tuple[RegistryServer, Pusher], host: str
+) -> None:
+    _, push = plain_registry
+    push.image("apps/fast", "1", config=UNLABELLED)
+    image, missing = f"{host}/apps/fast:1", f"{host}/apps/fast:absent"
+    transport = CountingTransport()
+    resolver = RegistryResolver(insecure_registries=[host], transport=transport)
+    try:
+        assert resolver.resolve_cached([image, missing]) is None  # nothing known yet
+        expected = {image: image_config(UNLABELLED)}
+        assert await resolver.resolve([image, missing], timeout=BUDGET) == expected
+        count = len(transport.requests)
+        # A cached config and a cached failure: answered without a lookup, as resolve would.
+        assert resolver.resolve_cached([image, missing, "Not A Reference"]) == expected
+        assert resolver.resolve_cached([image, f"{host}/apps/fast:2"]) is None
+        assert len(transport.requests) == count
+    finally:
+        await resolver.aclose()

@@ -156,6 +156,12 @@ class Webhook:
         names = configmaps_to_read(pod) if self.env_reader is not None and namespace else []
         if not refs and not names:
             return {}, {}
+        if not names and self.resolver is not None:
+            # Every image answered by the registry cache: no coroutine, no task, no loop turn.
+            cached = getattr(self.resolver, "resolve_cached", None)
+            found = cached(refs) if cached is not None else None
+            if found is not None:
+                return found, {}
         budget = request_budget(self.settings, query)
 
         async def images() -> dict[str, ImageConfig]:
