@@ -105,12 +105,12 @@ def test_warnings_go_to_stderr() -> None:
         ("", "- holds no document"),
         ("a: [unclosed", "- is not valid YAML or JSON"),
         ("- 1\n- 2\n", "document 1: expected a Kubernetes object, got list"),
-        ("kind: Service\nmetadata: {name: s}\n", "document 1: kind 'Service' has no pod template"),
+        ("kind: Job\nmetadata: {name: j}\nspec: {template: []}\n", "document 1: Job has no spec.template"),
         ("kind: Deployment\nmetadata: {name: d}\n", "document 1: Deployment has no spec.template"),
         ("kind: Pod\nmetadata: {name: p}\nspec: {containers: []}\n", "document 1: Pod p: pod spec.containers is missing or empty"),
         ("kind: List\nitems: {}\n", "document 1: a List needs an items array"),
         ("kind: AdmissionReview\napiVersion: admission.k8s.io/v1\n", "document 1: request is missing"),
-        ("kind: Pod\nspec: {containers: [{name: a}]}\n---\nkind: Secret\n", "document 2: kind 'Secret'"),
+        ("kind: Secret\n---\nkind: StatefulSet\nspec: {template: {spec: {}}}\n", "document 2: StatefulSet (unnamed): pod spec.containers"),
     ],
     ids=["empty", "bad-yaml", "not-object", "no-template", "no-spec", "no-containers", "bad-list",
          "bad-review", "second-doc"],
@@ -135,3 +135,27 @@ def test_bad_setting_exits_2() -> None:
     )
     assert result.returncode == 2
     assert "CONCURRENCY_INJECTOR_MODE='loud'" in result.stderr
+
+
+def test_documents_without_a_pod_template_pass_through_unchanged_and_in_order() -> None:
+    """`helm template ... | mutate -f -`: Services, ConfigMaps, CRDs and unknown kinds pass."""
+    stream = (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}]}\n---\n"
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\nspec: {size: 3}\n---\n"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n"
+        "    spec:\n      containers:\n      - {name: web, image: x, command: [gunicorn, a],"
+        " resources: {limits: {cpu: '2'}}}\n---\n"
+        "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {name: r}\n"
+        "spec: {workloadRef: {kind: Deployment, name: d}}\n"
+    )
+    result = run("-f", "-", "--no-registry", stdin=stream)
+    assert result.returncode == 0, result.stderr
+    docs = list(yaml.safe_load_all(result.stdout))
+    originals = list(yaml.safe_load_all(stream))
+    assert [d["kind"] for d in docs] == ["Service", "Widget", "Deployment", "Rollout"]
+    assert docs[0] == originals[0]
+    assert docs[1] == originals[1]
+    assert docs[3] == originals[3]
+    env = docs[2]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env[0] == {"name": "WEB_CONCURRENCY", "value": "2"}
+    assert docs[2]["spec"]["template"]["metadata"]["annotations"]  # created where it was missing
