@@ -35,6 +35,8 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
     echo "$want" >"$STAMP"
 fi
 
+# The package itself from this tree (the environment may have been built from another clone).
+"${UV[@]}" pip install --quiet --python "$VENV/bin/python" --no-deps -e .
 echo "--- lowest runtime dependencies: $(tr '\n' ' ' <"$VENV/pins.txt")"
 
 "$VENV/bin/python" -m pytest -p no:cacheprovider -q -m "not slow" \
