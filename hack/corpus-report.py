@@ -157,12 +157,18 @@ def measure(path: Path, command: list[str], env: dict[str, str]) -> dict[str, An
     if workloads and len(workloads) < len(given):
         alone = mutate(command, env, yaml.safe_dump_all(workloads, sort_keys=False))
         result["alone_rc"] = alone.returncode
-        result["alone_hits"] = (
-            targeted(workloads, documents(alone.stdout), file) if alone.returncode == 0 else set()
+        result["alone_hits"], result["alone_set"] = (
+            targeted(workloads, documents(alone.stdout), file)
+            if alone.returncode == 0
+            else (set(), set())
         )
     else:
         result["alone_rc"] = whole.returncode
-        result["alone_hits"] = result["file_hits"]
+        result["alone_hits"], result["alone_set"] = (
+            targeted(given, documents(whole.stdout), file)
+            if whole.returncode == 0
+            else (set(), set())
+        )
     return result
 
 
