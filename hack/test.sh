@@ -41,6 +41,11 @@ if [ "$#" -eq 0 ]; then
 fi
 
 if [ "$#" -eq 0 ]; then
+    echo "--- reliability probes, quick: connection bounds, work caps, shutdown, TLS, chart"
+    hack/reliability.sh --quick
+fi
+
+if [ "$#" -eq 0 ]; then
     # The API server suite: a real etcd + kube-apiserver + kube-controller-manager of the newest
     # Kubernetes that builds here (built from the Go module proxy once, then cached outside the
     # work tree), the chart installed into it, the webhook on the host. On a new machine the
