@@ -46,8 +46,6 @@ POD_PATHS: dict[str, tuple[str, ...]] = {
     "Rollout": ("spec", "template", "spec"),
 }
 KEPT = ("name", "image", "command", "args")
-# Today's `mutate` stops at the first document without a pod template (issue 10, section 5).
-NO_PASSTHROUGH = "has no pod template"
 
 pytestmark = pytest.mark.slow
 
@@ -120,11 +118,6 @@ def test_mutate_takes_the_file_as_it_comes(path: Path, passes: dict[Path, Passes
     given = documents(path.read_text())
     first, second = passes[path].first, passes[path].second
     assert "Traceback" not in first.stderr, first.stderr
-    if first.returncode == 2 and NO_PASSTHROUGH in first.stderr:
-        pytest.xfail(
-            "mutate does not pass non-workload documents through yet: "
-            + first.stderr.strip().splitlines()[-1]
-        )
     assert first.returncode == 0, first.stderr
 
     out = documents(first.stdout)
