@@ -19,7 +19,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -161,7 +161,6 @@ class Release:
     tls_secret: str
     kube_version: str
     helm: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def webhook_name(self) -> str:
@@ -233,11 +232,6 @@ def free_port(address: str) -> int:
         sock.bind((address, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def secret_ca(cluster: Cluster, release: Release) -> bytes:
-    secret = cluster.core.read_namespaced_secret(release.tls_secret, release.namespace)
-    return base64.b64decode(secret.data["ca.crt"])
 
 
 def endpoint_slice(release: Release, *, address: str, port: int) -> Doc:

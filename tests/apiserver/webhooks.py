@@ -17,7 +17,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -270,7 +269,3 @@ def black_hole(address: str) -> Iterator[int]:
         for conn in held:
             conn.close()
         listener.close()
-
-
-def elapsed(start: float) -> float:
-    return time.monotonic() - start
