@@ -193,3 +193,14 @@ def test_sigterm_drains_then_exits(pki: Pki, tmp_path: Path) -> None:
         assert head.startswith(b"HTTP/1.1 200")
         assert b"connection: close" in head
         assert wait_until(lambda: not server.alive(), timeout=10)
+
+
+def test_read_deadline_shorter_than_the_first_request_timeout_applies(
+    pki: Pki, tmp_path: Path
+) -> None:
+    env = {**BOUNDS, "CONCURRENCY_INJECTOR_FIRST_REQUEST_SECONDS": "30"}
+    with WebhookServer(pki, tmp_path / "log", env=env) as server, tls_socket(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # a request begun, never finished
+        elapsed = closed_after(sock, 10)
+    assert elapsed is not None
+    assert elapsed < 4

@@ -13,8 +13,8 @@ connections are accepted until the process runs out of file descriptors. This su
   and header count (`max_headers`): 431, then the connection is closed;
 - a cap on open connections per worker (`max_connections`): past it, a new connection evicts
   the longest-idle one (never-used ones first) that has no request in flight, or is closed;
-- an `Upgrade` request (websockets are off) is answered as plain HTTP and the connection
-  closed after it, instead of being left with a parser that ignores everything after it;
+- an `Upgrade` request (websockets are off, and httptools would stop parsing the connection
+  after its headers, body unread) is answered 400 and the connection closed;
 - while the worker drains (webhook/shutdown.py), `Connection: close` on every response;
 - a connection the server closes is reset if the client has not completed the TLS close within
   `CLOSE_LINGER_SECONDS`: a client that keeps an idle socket without reading never answers
@@ -101,6 +101,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.bounds = BOUNDS
         self.deadline: asyncio.TimerHandle | None = None
+        self.due: float | None = None  # when the current deadline closes the connection
+        self.due_reason = ""
         self.reset: asyncio.TimerHandle | None = None
         self.header_bytes = 0
         self.header_count = 0
@@ -124,6 +126,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self.deadline is not None:
+            self.deadline.cancel()
         if self.reset is not None:
             self.reset.cancel()
         super().connection_lost(exc)
@@ -165,13 +169,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._reset_later()
 
     def _arm(self, seconds: float, reason: str) -> None:
-        self._disarm()
-        self.deadline = self.loop.call_later(seconds, self._close, reason)
+        """Close the connection in `seconds` unless `_disarm` comes first.
+
+        A request sets a deadline rather than a timer: the one timer of a connection is only
+        re-armed when it fires early, so a busy keep-alive connection costs no timer per request.
+        """
+        self.due = self.loop.time() + seconds
+        self.due_reason = reason
+        if self.deadline is not None and self.deadline.when() > self.due:
+            self.deadline.cancel()  # a shorter deadline than the timer's (first request, 10 s)
+            self.deadline = None
+        if self.deadline is None:
+            self.deadline = self.loop.call_at(self.due, self._check_deadline)
 
     def _disarm(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
+        self.due = None
+
+    def _check_deadline(self) -> None:
+        self.deadline = None
+        if self.due is None:
+            return
+        if self.loop.time() >= self.due:
+            self._close(self.due_reason)
+        else:
+            self.deadline = self.loop.call_at(self.due, self._check_deadline)
 
     # --- requests -------------------------------------------------------------------------
 
@@ -181,8 +202,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.header_bytes += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._refuse_upgrade()
+        except httptools.HttpParserUpgrade:  # not reached: refused at its headers
+            self._refuse(400, "upgrade")
             return
         except httptools.HttpParserError as exc:
             refused = exc.__context__ if isinstance(exc.__context__, _Refused) else None
@@ -206,7 +227,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.header_size += len(url)
         if self.header_size > self.bounds.max_header_bytes:
             raise _Refused(431, "header-bytes")
-        super().on_url(url)
+        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_count += 1
@@ -215,9 +236,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise _Refused(431, "header-count")
         if self.header_size > self.bounds.max_header_bytes:
             raise _Refused(431, "header-bytes")
-        super().on_header(name, value)
+        # uvicorn's on_header, inlined: this runs for every header of every request.
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.parser.should_upgrade():
+            raise _Refused(400, "upgrade")
         self.in_body = True
         self.header_bytes = 0
         super().on_headers_complete()
@@ -236,13 +263,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self.transport.is_closing():  # `Connection: close` (draining, or asked for)
             self._reset_later()
-
-    def _refuse_upgrade(self) -> None:
-        """An `Upgrade` request: httptools stops parsing after it, so it is this one's last."""
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.cycle.keep_alive = False
-        else:
-            self._close("upgrade")
 
     def _refuse(self, status: int, reason: str) -> None:
         """Answer `status` with `Connection: close` and close, without reading further."""
