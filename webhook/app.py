@@ -36,6 +36,7 @@ from webhook.cache import DecisionCache, decision_key, pod_key
 from webhook.config import Settings
 from webhook.detection import images_to_resolve
 from webhook.limits import over_limit
+from webhook.lru import LRU
 from webhook.mutation import Decision, configmaps_to_read, decide
 from webhook.types import AdmissionResponse, EnvSourceReader, ImageConfig, ImageResolver, Obj
 
@@ -88,6 +89,9 @@ class Webhook:
         self.resolver = resolver
         self.env_reader = env_reader
         self.cache = DecisionCache(settings.decision_cache_size)
+        self._lookups_of: LRU[bytes, tuple[list[str], list[str]]] = LRU(
+            settings.decision_cache_size
+        )
         self.api = build_api(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -132,7 +136,7 @@ class Webhook:
             self.cache.mark_checked(key)
         namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or ""
         try:
-            images, configmaps = await self._lookups(pod, namespace, query)
+            images, configmaps = await self._lookups(pod, key, namespace, query)
             decision = self.cache.get_or_decide(
                 key and decision_key(key, images, configmaps),
                 lambda: decide(pod, self.settings, images=images, configmaps=configmaps),
@@ -149,11 +153,12 @@ class Webhook:
         return response, outcome
 
     async def _lookups(
-        self, pod: Obj, namespace: str, query: bytes
+        self, pod: Obj, key: bytes | None, namespace: str, query: bytes
     ) -> tuple[dict[str, ImageConfig], dict[str, frozenset[str]]]:
         """Registry and ConfigMap reads, in parallel, inside one time budget per review."""
-        refs = images_to_resolve(pod, self.settings.profiles()) if self.resolver is not None else []
-        names = configmaps_to_read(pod) if self.env_reader is not None and namespace else []
+        refs, names = self._wanted(pod, key)
+        if not namespace:
+            names = []
         if not refs and not names:
             return {}, {}
         if not names and self.resolver is not None:
@@ -185,6 +190,21 @@ class Webhook:
                 value = {}
             results.append(value)
         return results[0], results[1]
+
+    def _wanted(self, pod: Obj, key: bytes | None) -> tuple[list[str], list[str]]:
+        """The images and ConfigMaps a pod needs read, found once per pod key (a Deployment's
+        replicas ask for the same ones)."""
+        wanted = self._lookups_of.get(key) if key else None
+        if wanted is None:
+            wanted = (
+                images_to_resolve(pod, self.settings.profiles())
+                if self.resolver is not None
+                else [],
+                configmaps_to_read(pod) if self.env_reader is not None else [],
+            )
+            if key:
+                self._lookups_of.put(key, wanted)
+        return wanted
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         if scope["method"] != "POST":
