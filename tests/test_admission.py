@@ -170,3 +170,13 @@ def test_malformed_pods_are_review_errors(obj: dict[str, Any], message: str) -> 
 )
 def test_request_budget_stays_inside_the_api_server_timeout(query: bytes, expected: float) -> None:
     assert request_budget(Settings(), query) == pytest.approx(expected)
+
+
+def test_audit_annotation_names_each_runtimes_own_worker_count() -> None:
+    p = pod(
+        container("web", command=["granian", "main:app"], cpu="3"),
+        container("jobs", command=["celery", "-A", "p", "worker"], cpu="2"),
+        container("asgi", command=["daphne", "p.asgi:app"], cpu="1"),
+    )
+    resp = mutate_review(review(p), Settings())["response"]
+    assert resp["auditAnnotations"] == {"injected": "web=3,jobs=2,asgi=none"}

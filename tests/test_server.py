@@ -283,7 +283,7 @@ DEPLOYMENT = {
 }
 NOT_PATCHED = [
     ("non-target", admission_review(
-        gunicorn_pod(command=["celery", "-A", "proj", "worker"]), uid="u-celery")),
+        gunicorn_pod(command=["celery", "-A", "proj", "beat"]), uid="u-celery")),
     ("opted-out", admission_review(
         gunicorn_pod(annotations={"concurrency-injector.io/inject": "false"}), uid="u-opt-out")),
     ("update", admission_review(

@@ -11,7 +11,6 @@ from typing import Any, cast
 
 import orjson
 
-from webhook import keys
 from webhook.config import Settings
 from webhook.mutation import Decision, decide
 from webhook.types import AdmissionResponse, AdmissionReview, ImageConfig, Obj
@@ -198,7 +197,7 @@ def respond(uid: str, decision: Decision) -> AdmissionResponse:
     audit: dict[str, str] = {}
     if decision.injected:
         audit["injected"] = ",".join(
-            f"{c.name}={c.set.get(keys.WEB_CONCURRENCY)}" for c in decision.injected
+            f"{c.name}={c.worker_count}" for c in decision.injected
         )
     if decision.audit:
         audit["mode"] = "audit"

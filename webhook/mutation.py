@@ -55,6 +55,11 @@ class ContainerResult:
     unread: tuple[str, ...] = ()  # envFrom sources never read that might set a variable
     workers: str | None = None  # "none": the runtime reads no worker variable
 
+    @property
+    def worker_count(self) -> str:
+        """The worker count set (its runtime's variable), or `none` where none was set."""
+        return next((v for k, v in self.set.items() if k not in keys.FACTS), "none")
+
     def status(self) -> Obj:
         entry: Obj = {"runtime": self.runtime, "source": self.source}
         if self.skipped:
