@@ -32,7 +32,7 @@ def test_pod_create_gets_a_base64_json_patch() -> None:
     assert resp["patchType"] == "JSONPatch"
     ops = json.loads(base64.b64decode(resp["patch"]))
     assert [op["path"] for op in ops] == ["/metadata/annotations", "/spec/containers/0/env"]
-    assert resp["auditAnnotations"] == {"injected": "web=2"}
+    assert resp["auditAnnotations"] == {"injected-web": "2"}
     assert "warnings" not in resp
 
 
@@ -69,7 +69,7 @@ def test_warnings_are_returned() -> None:
 def test_audit_response() -> None:
     out = mutate_review(review(pod(gunicorn(cpu="1"))), Settings(mode="audit"))["response"]
     assert "patch" not in out
-    assert out["auditAnnotations"] == {"injected": "web=1", "mode": "audit"}
+    assert out["auditAnnotations"] == {"injected-web": "1", "mode": "audit"}
     assert out["warnings"] == [
         "audit: would set WEB_CONCURRENCY=1, CPU_LIMIT=limits.cpu, PYTHON_CPU_COUNT=1 in 'web'"
     ]
@@ -179,4 +179,4 @@ def test_audit_annotation_names_each_runtimes_own_worker_count() -> None:
         container("asgi", command=["daphne", "p.asgi:app"], cpu="1"),
     )
     resp = mutate_review(review(p), Settings())["response"]
-    assert resp["auditAnnotations"] == {"injected": "web=3,jobs=2,asgi=none"}
+    assert resp["auditAnnotations"] == {"injected-web": "3", "injected-jobs": "2", "injected-asgi": "none"}

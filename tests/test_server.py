@@ -128,7 +128,7 @@ def assert_patched(reply: Reply, uid: str) -> None:
         "uid": uid,
         "allowed": True,
         "patchType": "JSONPatch",
-        "auditAnnotations": {"injected": "web=2"},
+        "auditAnnotations": {"injected-web": "2"},
     }
     assert reply.patch() == GUNICORN_PATCH
 
@@ -233,7 +233,7 @@ def test_second_pass_over_the_patched_pod_changes_nothing(client: Client) -> Non
 
     assert second.status == 200, second
     assert second.response == {"uid": "u-second", "allowed": True,
-                               "auditAnnotations": {"injected": "web=2"}}
+                               "auditAnnotations": {"injected-web": "2"}}
 
 
 def test_audit_annotation_answers_without_a_patch(client: Client) -> None:
@@ -246,7 +246,7 @@ def test_audit_annotation_answers_without_a_patch(client: Client) -> None:
     response = reply.response
     assert "patch" not in response
     assert "patchType" not in response
-    assert response["auditAnnotations"] == {"injected": "web=2", "mode": "audit"}
+    assert response["auditAnnotations"] == {"injected-web": "2", "mode": "audit"}
     assert [w for w in response["warnings"] if w.startswith("audit: would set ")] == [
         "audit: would set WEB_CONCURRENCY=2, CPU_LIMIT=limits.cpu, PYTHON_CPU_COUNT=2 in 'web'"]
     after = metrics_text(client)
@@ -566,7 +566,7 @@ def test_200_reviews_from_16_threads(server: WebhookServer) -> None:
     for uid, cpu, reply in answers:
         assert reply.status == 200, reply
         assert reply.response["uid"] == uid
-        assert reply.response["auditAnnotations"] == {"injected": f"web={cpu}"}
+        assert reply.response["auditAnnotations"] == {"injected-web": f"{cpu}"}
         env = {e["name"]: e.get("value") for e in (reply.patch() or [])[1]["value"]}
         assert env == {"WEB_CONCURRENCY": cpu, "CPU_LIMIT": None, "PYTHON_CPU_COUNT": cpu}
     assert elapsed < 60, f"200 reviews took {elapsed:.1f} s"

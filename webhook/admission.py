@@ -19,6 +19,7 @@ API_VERSION = "admission.k8s.io/v1"
 OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
 FAIL_OPEN_WARNING = "concurrency-injector: internal error, pod admitted unchanged"
 BRIEF = 64  # characters of a caller's value that an error message quotes
+AUDIT_NAME = 63 - len("injected-")  # an audit annotation key's name part is at most 63 characters
 
 
 class ReviewError(ValueError):
@@ -194,11 +195,11 @@ def respond(uid: str, decision: Decision) -> AdmissionResponse:
     if decision.patch:
         response["patchType"] = "JSONPatch"
         response["patch"] = decision.encoded_patch
-    audit: dict[str, str] = {}
-    if decision.injected:
-        audit["injected"] = ",".join(
-            f"{c.name}={c.worker_count}" for c in decision.injected
-        )
+    # One key per container: on reinvocation the API server keeps an audit annotation's first
+    # value and refuses a changed one, so a single list would lose containers patched later.
+    audit: dict[str, str] = {
+        f"injected-{c.name[:AUDIT_NAME]}": c.worker_count for c in decision.injected
+    }
     if decision.audit:
         audit["mode"] = "audit"
     if audit:
