@@ -154,7 +154,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         idle = [
             c
             for c in self.connections
-            if isinstance(c, BoundedHttpToolsProtocol) and c is not self and not c._busy()
+            if isinstance(c, BoundedHttpToolsProtocol)
+            and c is not self
+            and not c._busy()
+            and not c.transport.is_closing()  # evicted before, its close not yet over
         ]
         if not idle:
             return False
