@@ -72,10 +72,10 @@ class Size:
     read_seconds: float
 
 
-FULL = Size(idle=500, slowloris=200, fd_connections=1008, header_mb=200, review_containers=32_000,
+FULL = Size(idle=500, slowloris=200, fd_connections=1100, header_mb=200, review_containers=32_000,
             shutdown_runs=3, soak_reviews=200_000, rotation_clients=50, rotations=3,
             first_request_seconds=10.0, read_seconds=10.0)
-QUICK = Size(idle=50, slowloris=20, fd_connections=1008, header_mb=20, review_containers=32_000,
+QUICK = Size(idle=50, slowloris=20, fd_connections=1100, header_mb=20, review_containers=32_000,
              shutdown_runs=1, soak_reviews=4_000, rotation_clients=8, rotations=1,
              first_request_seconds=2.0, read_seconds=2.0)
 

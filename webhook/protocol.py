@@ -120,7 +120,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._close("stopping")
             return
         if len(self.connections) > self.bounds.max_connections and not self._evict_one():
-            self._close("over-capacity")
+            self._close("over-capacity", reset=True)
             return
         self._arm(self.bounds.first_request_seconds, "first-request-timeout")
 
@@ -162,11 +162,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if not idle:
             return False
         victim = min(idle, key=lambda c: (c.requests > 0, c.idle_since))
-        victim._close("evicted")
+        victim._close("evicted", reset=True)
         return True
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, *, reset: bool = False) -> None:
+        """Close the connection; `reset` frees its file descriptor now, without the TLS close
+        (at the connection cap, where a graceful close would hold the descriptor a while)."""
         metrics.child(metrics.CONNECTIONS_CLOSED, reason).inc()
+        if reset:
+            self.transport.abort()
+            return
         if not self.transport.is_closing():
             self.transport.close()
         self._reset_later()
