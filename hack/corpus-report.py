@@ -36,6 +36,8 @@ from typing import Any
 
 import yaml
 
+from webhook.workloads import TEMPLATE_PATHS
+
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "corpus"
 STATUS = "concurrency-injector.io/status"
@@ -47,17 +49,9 @@ WORKER_VARS = {
     "CELERY_WORKER_CONCURRENCY",
 }
 WORKER_LIKE = re.compile(r"(_WORKERS|_CONCURRENCY|_PROCESSES|_WORKER_AMOUNT)$")
+# Where the pod spec sits in each kind that has one: the webhook's own table, plus "spec".
 POD_PATHS: dict[str, tuple[str, ...]] = {
-    "Pod": ("spec",),
-    "PodTemplate": ("template", "spec"),
-    "Deployment": ("spec", "template", "spec"),
-    "StatefulSet": ("spec", "template", "spec"),
-    "DaemonSet": ("spec", "template", "spec"),
-    "ReplicaSet": ("spec", "template", "spec"),
-    "ReplicationController": ("spec", "template", "spec"),
-    "Job": ("spec", "template", "spec"),
-    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
-    "Rollout": ("spec", "template", "spec"),
+    kind: (*path, "spec") for kind, path in TEMPLATE_PATHS.items()
 }
 Key = tuple[str, str, str]  # file, Kind/name, container
 

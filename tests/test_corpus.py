@@ -28,22 +28,14 @@ import pytest
 import yaml
 
 from tests.servers import clean_env, cli_command
+from webhook.workloads import TEMPLATE_PATHS
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 FILES = sorted([*CORPUS.glob("manifests/*.yaml"), *CORPUS.glob("charts/*.yaml")])
 
-# Where the pod spec sits in each kind that has one (an Argo Rollout is a workload too).
+# Where the pod spec sits in each kind that has one: the webhook's own table, plus "spec".
 POD_PATHS: dict[str, tuple[str, ...]] = {
-    "Pod": ("spec",),
-    "PodTemplate": ("template", "spec"),
-    "Deployment": ("spec", "template", "spec"),
-    "StatefulSet": ("spec", "template", "spec"),
-    "DaemonSet": ("spec", "template", "spec"),
-    "ReplicaSet": ("spec", "template", "spec"),
-    "ReplicationController": ("spec", "template", "spec"),
-    "Job": ("spec", "template", "spec"),
-    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
-    "Rollout": ("spec", "template", "spec"),
+    kind: (*path, "spec") for kind, path in TEMPLATE_PATHS.items()
 }
 KEPT = ("name", "image", "command", "args")
 
