@@ -287,26 +287,18 @@ class _Reader:
                     return self.script(body, positional), end
             return None, end
         results = [self.script(body, positional) for _, body in branches]
-        runtimes = sorted(
-            {
-                r
-                for found in results
-                for r in (
-                    (found.runtime,)
-                    if isinstance(found, ServerCommand)
-                    else found.runtimes
-                    if isinstance(found, Branches)
-                    else ()
-                )
-            }
-        )
+        runtimes = sorted({r for found in results for r in _runtimes_of(found)})
         if not runtimes:
             return None, end
         if len(runtimes) == 1 and all(isinstance(f, ServerCommand) for f in results):
             return results[0], end
-        if len(runtimes) == 1 and len(results) == 1:
-            return results[0], end
         return Branches(tuple(runtimes)), end
+
+
+def _runtimes_of(found: Found) -> tuple[str, ...]:
+    if isinstance(found, ServerCommand):
+        return (found.runtime,)
+    return found.runtimes if isinstance(found, Branches) else ()
 
 
 def _shell_words(script: str) -> list[str]:

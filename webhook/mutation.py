@@ -32,7 +32,7 @@ from webhook.policy import (
     python_cpu_count,
     worker_count,
 )
-from webhook.profiles import GENERIC_PROFILE, Profile, ProfileSet
+from webhook.profiles import GENERIC_PROFILE, Profile
 from webhook.types import ImageConfig, Obj
 
 MAX_WARNING = 120
@@ -157,7 +157,6 @@ def decide(
         previous=_previous_status(annotations),
         override=str(annotations.get(keys.OVERRIDE, "")).strip().lower() == "true",
         configmaps=configmaps or {},
-        profiles=profiles,
         multi=str(annotations.get(keys.MULTI_WORKER, "")).strip().lower() == "true",
     )
     results = []
@@ -173,12 +172,14 @@ def decide(
             ArrayEdit((*path, "env"), container.get("env")),
             ArrayEdit((*path, "resizePolicy"), container.get("resizePolicy")),
         )
-        result, found = _apply(pod, container, edit, target, policy, settings, env_context)
+        profile = profiles.get(target.runtime) or GENERIC_PROFILE
+        result, found = _apply(
+            pod, container, edit, target, policy, settings, env_context, profile=profile
+        )
         results.append(result)
         edits.append(edit)
         warnings += found
         image = images.get(container.get("image", ""))
-        profile = profiles.get(target.runtime) or GENERIC_PROFILE
         warnings += flag_warnings(target.name, profile, target.server, _plain_env(container, image))
 
     status = orjson.dumps({r.name: r.status() for r in results}, option=orjson.OPT_SORT_KEYS)
@@ -210,7 +211,6 @@ class _EnvContext:
     previous: Mapping[str, Obj]
     override: bool
     configmaps: Mapping[str, frozenset[str]]
-    profiles: ProfileSet
     multi: bool  # the pod opted in to more than one worker where a runtime risks a crash
 
 
@@ -281,13 +281,14 @@ def _apply(
     policy: WorkerPolicy,
     settings: Settings,
     ctx: _EnvContext,
+    *,
+    profile: Profile,
 ) -> tuple[ContainerResult, list[str]]:
     """Decide from the original `container`; log the env and resizePolicy changes in `edit`."""
     if target.undecided:
         skipped = f"runs {' or '.join(target.undecided)} by its arguments; not decided"
         _remove_own(edit.env, target.name, ctx)
         return ContainerResult(target.name, target.runtime, target.source, skipped=skipped), []
-    profile = ctx.profiles.get(target.runtime) or GENERIC_PROFILE
     cpu, why = cpu_limit(pod, container)
     if cpu is None:
         _remove_own(edit.env, target.name, ctx)
