@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# The kind suite: the webhook's image in a real cluster with kubelets (tests/e2e). Needs Docker,
-# kind, Python; helm and kubectl come from hack/install-tools.sh.
+# The kind suite: the webhook's image in a real cluster with kubelets (tests/e2e). Needs root or
+# a Docker engine, Go (kind and, offline, the node image are built here) and Python; helm and
+# kubectl come from hack/install-tools.sh.
 #
-#   hack/e2e-kind.sh                      # Kubernetes 1.35, the whole suite, cluster deleted after
-#   hack/e2e-kind.sh --k8s 1.34           # another minor (see NODE_IMAGES below)
-#   hack/e2e-kind.sh --keep -- -k drain   # keep the cluster; arguments after -- go to pytest
-#   hack/e2e-kind.sh helm-args            # print the helm arguments the suite installs with
+#   hack/e2e-kind.sh                         # Kubernetes 1.37, the whole suite, cluster deleted after
+#   hack/e2e-kind.sh --k8s 1.35              # another minor (see node_image below)
+#   hack/e2e-kind.sh --keep -- -k drain      # keep the cluster; arguments after -- go to pytest
+#   hack/e2e-kind.sh --local                 # build every image here even if a registry answers
+#   hack/e2e-kind.sh helm-args               # print the helm arguments the suite installs with
 #
-# Steps: a local registry container attached to the kind network (kind's local-registry
-# pattern: registry container, containerd certs.d/hosts.toml on every node, the
-# local-registry-hosting ConfigMap); a 3-node kind cluster; the webhook image and a labelled test
-# image built and pushed there (`kind load` when the push fails); the chart installed from the
-# local image in self-managed TLS mode; pytest -m e2e; on failure the webhook's logs, events
-# and webhook configuration; the cluster deleted (unless --keep).
+# Where a registry answers (a laptop, GitHub Actions) the pinned kindest/node image, the official
+# python base and registry:3 are pulled. Where none does, each is built here instead: the node
+# image by hack/kind/node-image.sh (Kubernetes from hack/kube, everything else from Debian's
+# packages and Go modules), the python base and a registry (Debian's docker-registry) by
+# hack/kind/base-images.sh; the pod network is then bridge + host-local per node with routes
+# between the nodes (kindnetd is not built here). Workarounds for this host (a capability missing
+# from its bounding set, cgroup v1) are applied only where detected.
+#
+# Steps: a Docker engine (hack/kind/engine.sh); a registry container on the kind network
+# (containerd certs.d/hosts.toml on every node, the local-registry-hosting ConfigMap); a 3-node
+# kind cluster; the webhook image and a labelled test image built and pushed there; the chart
+# installed from the local image in self-managed TLS mode; pytest -m e2e; on failure the
+# webhook's logs, events and webhook configuration; the cluster deleted (unless --keep).
 set -eu
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -31,8 +40,7 @@ IMAGE_REPOSITORY="localhost:$REGISTRY_PORT/concurrency-injector"
 # resolve on the kind network.
 APP_IMAGE_PUSH="localhost:$REGISTRY_PORT/concurrency-injector-e2e-app:$TAG"
 APP_IMAGE="$REGISTRY_NAME:5000/concurrency-injector-e2e-app:$TAG"
-# kind v0.33.0's node images, by digest.
-KIND_VERSION="v0.33.0"
+# kind v0.33.0's node images, by digest, and the version hack/kube builds for each minor.
 node_image() {
     case "$1" in
         1.34) echo "kindest/node:v1.34.11@sha256:44e222ee2132dab25ff87301682f89eb82c7880ea3a1bf543bfe9708fd08d67d" ;;
@@ -41,6 +49,10 @@ node_image() {
         1.37) echo "kindest/node:v1.37.0@sha256:a1ed56cfb0e7b93589bdf97c8cd566405a265939e3620fc4f5de89adff580ae5" ;;
         *) echo "e2e-kind: no node image for Kubernetes $1 (1.34, 1.35, 1.36, 1.37)" >&2; return 1 ;;
     esac
+}
+local_version() {
+    hack/kube/control-plane.sh versions | grep "^$1\." | tail -1 | grep . \
+        || { echo "e2e-kind: no pinned Kubernetes $1.x module in hack/kube/modules" >&2; return 1; }
 }
 
 # The kind network's IPv4 subnets: kube-apiserver runs on the control-plane node's network, so
@@ -62,25 +74,55 @@ if [ "${1:-}" = helm-args ]; then
     exit 0
 fi
 
-K8S="1.35"
+K8S="1.37"
 KEEP=false
+LOCAL=auto
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --k8s) K8S="$2"; shift 2 ;;
         --keep) KEEP=true; shift ;;
+        --local) LOCAL=true; shift ;;
         --) shift; break ;;
-        *) echo "usage: hack/e2e-kind.sh [--k8s 1.34|1.35|1.36|1.37] [--keep] [-- pytest args]" >&2; exit 2 ;;
+        *) echo "usage: hack/e2e-kind.sh [--k8s 1.34|1.35|1.36|1.37] [--keep] [--local] [-- pytest args]" >&2; exit 2 ;;
     esac
 done
 NODE_IMAGE="$(node_image "$K8S")"
+started="$(date +%s)"
+step() { echo "--- [$(($(date +%s) - started)) s] $*"; }
 
-for tool in docker kind; do
-    command -v "$tool" >/dev/null 2>&1 || {
-        echo "e2e-kind: $tool is not installed (kind: go install sigs.k8s.io/kind@$KIND_VERSION)" >&2
-        exit 3
-    }
-done
-docker info >/dev/null 2>&1 || { echo "e2e-kind: no Docker engine answers (docker info failed)" >&2; exit 3; }
+step "Docker engine"
+hack/kind/engine.sh
+if ! command -v kind >/dev/null 2>&1; then
+    step "building kind (hack/kind/tools.sh)"
+    PATH="$(hack/kind/tools.sh | tail -1)/kind-$(hack/kind/tools.sh versions | awk '$1 == "kind" {print $2}'):$PATH"
+fi
+
+# Where no registry answers, everything is built here. `docker pull` fails at once without a
+# network; the time limit covers one that hangs.
+if [ "$LOCAL" = auto ]; then
+    LOCAL=true
+    if docker image inspect "$NODE_IMAGE" >/dev/null 2>&1 || timeout 300 docker pull "$NODE_IMAGE" >/dev/null 2>&1; then
+        LOCAL=false
+    fi
+fi
+BUILD_ARGS=()
+if [ "$LOCAL" = true ]; then
+    VERSION="$(local_version "$K8S")"
+    step "no registry answers: building the node image for Kubernetes $VERSION here"
+    NODE_IMAGE="$(hack/kind/node-image.sh "$VERSION")"
+    PYTHON_BASE="$(hack/kind/base-images.sh python)"
+    REGISTRY_IMAGE="$(hack/kind/base-images.sh net)"
+    # Debian's default configuration asks for htpasswd credentials; this one is registry:3's
+    # (no auth, filesystem storage), written where the container starts.
+    REGISTRY_CMD=(sh -c 'printf "%s\n" "version: 0.1" "storage:" "  filesystem:" \
+        "    rootdirectory: /var/lib/docker-registry" "http:" "  addr: :5000" >/tmp/config.yml \
+        && exec docker-registry serve /tmp/config.yml')
+    BUILD_ARGS=(--build-arg "PYTHON_IMAGE=$PYTHON_BASE")
+    ETCD_TAG="$(docker image inspect -f '{{index .Config.Labels "io.concurrency-injector.etcd-tag"}}' "$NODE_IMAGE")"
+else
+    REGISTRY_IMAGE="registry:3"
+    REGISTRY_CMD=()
+fi
 
 TOOLS="$(hack/install-tools.sh)"
 PATH="$TOOLS:$PATH"
@@ -91,7 +133,8 @@ export KUBECONFIG
 
 dump() {
     echo "--- webhook pods, logs, events and webhook configuration (the suite failed)"
-    kubectl get pods,endpointslices,pdb -n "$NAMESPACE" -o wide || true
+    kubectl get nodes,pods -A -o wide || true
+    kubectl get endpointslices,pdb -n "$NAMESPACE" -o wide || true
     kubectl logs -n "$NAMESPACE" -l "app.kubernetes.io/instance=$RELEASE" --all-containers \
         --prefix --tail=300 || true
     kubectl get events -A --sort-by=.lastTimestamp | tail -100 || true
@@ -104,20 +147,34 @@ cleanup() {
         echo "--- kept: kind cluster $CLUSTER (KUBECONFIG=$KUBECONFIG), registry $REGISTRY_NAME"
         return
     fi
-    kind delete cluster --name "$CLUSTER" || true
+    kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
     rm -rf "$STATE"
 }
 trap cleanup EXIT
 
-echo "--- local registry $REGISTRY_NAME on 127.0.0.1:$REGISTRY_PORT"
+step "local registry $REGISTRY_NAME ($REGISTRY_IMAGE) on 127.0.0.1:$REGISTRY_PORT"
+if [ "$(docker inspect -f '{{.Config.Image}}' "$REGISTRY_NAME" 2>/dev/null || true)" != "$REGISTRY_IMAGE" ]; then
+    docker rm -f "$REGISTRY_NAME" >/dev/null 2>&1 || true
+fi
 if [ "$(docker inspect -f '{{.State.Running}}' "$REGISTRY_NAME" 2>/dev/null || true)" != true ]; then
+    docker rm -f "$REGISTRY_NAME" >/dev/null 2>&1 || true
     docker run -d --restart=always -p "127.0.0.1:$REGISTRY_PORT:5000" --network bridge \
-        --name "$REGISTRY_NAME" registry:3
+        --name "$REGISTRY_NAME" "$REGISTRY_IMAGE" "${REGISTRY_CMD[@]}" >/dev/null
 fi
 
-echo "--- kind cluster $CLUSTER ($NODE_IMAGE)"
-kind create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --config hack/kind/cluster.yaml \
-    --kubeconfig "$KUBECONFIG" --wait 120s
+step "kind cluster $CLUSTER ($NODE_IMAGE)"
+kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+hack/kind/cluster-config.sh "$LOCAL" "${ETCD_TAG:-}" >"$STATE/cluster.yaml"
+wait_flag=(--wait 120s)
+# Without kindnetd, nodes are Ready only once the pod network below exists.
+[ "$LOCAL" = true ] && wait_flag=()
+kind create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --config "$STATE/cluster.yaml" \
+    --kubeconfig "$KUBECONFIG" "${wait_flag[@]}"
+if [ "$LOCAL" = true ]; then
+    step "pod network: bridge + host-local on each node, routes between nodes"
+    hack/kind/pod-network.sh "$CLUSTER"
+fi
+kubectl wait --for=condition=Ready nodes --all --timeout=180s
 
 # Every node resolves both names of the registry to it: localhost:PORT (the webhook image, as
 # kind documents) and kind-registry:5000 (the test image, a name the webhook's pods resolve too).
@@ -131,7 +188,7 @@ done
 if [ "$(docker inspect -f '{{json .NetworkSettings.Networks.kind}}' "$REGISTRY_NAME")" = null ]; then
     docker network connect kind "$REGISTRY_NAME"
 fi
-kubectl apply -f - <<EOF
+kubectl apply -f - <<EOF2
 apiVersion: v1
 kind: ConfigMap
 metadata:
@@ -141,21 +198,23 @@ data:
   localRegistryHosting.v1: |
     host: "localhost:$REGISTRY_PORT"
     help: "https://kind.sigs.k8s.io/docs/user/local-registry/"
-EOF
+EOF2
 
 NODE_CIDRS="$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' \
     | tr ' ' '\n' | grep '\.' | paste -sd, -)"
 echo "--- the kind network: $NODE_CIDRS (the NetworkPolicy's apiServerCidrs)"
 
-echo "--- images"
-docker build -t "$IMAGE_REPOSITORY:$TAG" .
-docker build -t "$APP_IMAGE_PUSH" hack/kind/app
+step "images (the webhook from ./Dockerfile, the test app from hack/kind/app)"
+export DOCKER_BUILDKIT=0
+docker build -q "${BUILD_ARGS[@]}" -t "$IMAGE_REPOSITORY:$TAG" . >/dev/null
+docker build -q "${BUILD_ARGS[@]}" -t "$APP_IMAGE_PUSH" hack/kind/app >/dev/null
+docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep ":$TAG " || true
 APP_IMAGE_IN_REGISTRY=true
-if ! docker push "$IMAGE_REPOSITORY:$TAG"; then
+if ! docker push -q "$IMAGE_REPOSITORY:$TAG"; then
     echo "push failed: loading the webhook image into the nodes instead"
     kind load docker-image --name "$CLUSTER" "$IMAGE_REPOSITORY:$TAG"
 fi
-if ! docker push "$APP_IMAGE_PUSH"; then
+if ! docker push -q "$APP_IMAGE_PUSH"; then
     # Without the registry the image label cannot be read: that scenario skips and says so.
     echo "push failed: loading the test image into the nodes instead"
     docker tag "$APP_IMAGE_PUSH" "$APP_IMAGE"
@@ -163,13 +222,13 @@ if ! docker push "$APP_IMAGE_PUSH"; then
     APP_IMAGE_IN_REGISTRY=false
 fi
 
-echo "--- helm install $RELEASE (self-managed TLS)"
+step "helm install $RELEASE (self-managed TLS)"
 mapfile -t args < <(helm_args)
 helm install "$RELEASE" charts/concurrency-injector --create-namespace "${args[@]}" \
     --wait --timeout 5m
 kubectl rollout status -n "$NAMESPACE" "deployment/$RELEASE" --timeout=180s
 
-echo "--- pytest -m e2e (Kubernetes $K8S)"
+step "pytest -m e2e (Kubernetes $K8S, node image $NODE_IMAGE)"
 status=0
 E2E_KUBECONFIG="$KUBECONFIG" \
     E2E_RELEASE="$RELEASE" \
@@ -178,8 +237,10 @@ E2E_KUBECONFIG="$KUBECONFIG" \
     E2E_APP_IMAGE_IN_REGISTRY="$APP_IMAGE_IN_REGISTRY" \
     E2E_VALUES="$ROOT/hack/kind/values.yaml" \
     E2E_KUBE_MINOR="$K8S" \
+    E2E_CLUSTER="$CLUSTER" \
     "$PYTHON" -m pytest tests/e2e -m e2e -p no:cacheprovider -o addopts= -rs "$@" || status=$?
 if [ "$status" -ne 0 ]; then
     dump
 fi
+step "done (pytest status $status)"
 exit "$status"

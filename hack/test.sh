@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the tests need and runs them: lint, types, the static checks of
 # hack/lint.sh (workflows, Dockerfiles, shell scripts, chart), a short smoke run of the
-# benchmark harness, the API server suite (tests/apiserver, on a local control plane), then the
-# test suite with coverage. CI runs exactly this (see .ci/run).
+# benchmark harness, the API server suite (tests/apiserver, on a local control plane), the kind
+# suite (tests/e2e on a cluster that hack/e2e-kind.sh makes), then the test suite with coverage.
+# CI runs exactly this (see .ci/run).
 #
 #   hack/test.sh            # everything
 #   hack/test.sh -k chart   # extra arguments go to pytest
@@ -63,6 +64,27 @@ if [ "$#" -eq 0 ]; then
     KUBE_VERSION="$KUBE_VERSION" "$PYTHON" -m pytest -m apiserver -p no:cacheprovider
 fi
 
+if [ "$#" -eq 0 ]; then
+    # The kind suite: the image built, the chart installed where kubelets run, real pods. Where
+    # no registry answers, hack/e2e-kind.sh builds the node image and every other image here
+    # (Kubernetes from the build above, the rest from Debian's packages and Go modules; cached
+    # outside the work tree). In CI it must run; elsewhere a machine that cannot have a Docker
+    # engine (exit status 3) skips it with the reason.
+    KIND_MINOR="$(echo "$KUBE_VERSION" | cut -d. -f1-2)"
+    echo "--- the kind suite (hack/e2e-kind.sh, Kubernetes $KIND_MINOR)"
+    if [ "${CI:-}" = true ]; then
+        E2E_REQUIRE=1 hack/e2e-kind.sh --k8s "$KIND_MINOR"
+    else
+        status=0
+        hack/e2e-kind.sh --k8s "$KIND_MINOR" || status=$?
+        if [ "$status" -eq 3 ]; then
+            echo "the kind suite could not run here (see above): skipped"
+        elif [ "$status" -ne 0 ]; then
+            exit "$status"
+        fi
+    fi
+fi
+
 echo "--- pytest"
-# -rs: every skip with its reason (the kind suite skips here unless a cluster is given).
+# -rs: every skip with its reason. The kind suite (-m e2e) ran above, on its own cluster.
 "$PYTHON" -m pytest -rs --cov=webhook --cov-report=term "$@"

@@ -49,7 +49,7 @@ def why_no_cluster() -> str | None:
         return f"no Docker engine ({engine_error[0][:160]}), so no kind cluster: run hack/e2e-kind.sh on a Docker host"
     if shutil.which("kind") is None:
         return (
-            "kind is not installed (go install sigs.k8s.io/kind@v0.33.0), then run hack/e2e-kind.sh"
+            "kind is not on PATH: hack/e2e-kind.sh builds it, makes a cluster and runs this suite"
         )
     return (
         "no cluster given (E2E_KUBECONFIG unset): hack/e2e-kind.sh creates one and runs this suite"
