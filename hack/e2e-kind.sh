@@ -205,9 +205,13 @@ NODE_CIDRS="$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Subnet}} 
 echo "--- the kind network: $NODE_CIDRS (the NetworkPolicy's apiServerCidrs)"
 
 step "images (the webhook from ./Dockerfile, the test app from hack/kind/app)"
-export DOCKER_BUILDKIT=0
-docker build -q "${BUILD_ARGS[@]}" -t "$IMAGE_REPOSITORY:$TAG" . >/dev/null
-docker build -q "${BUILD_ARGS[@]}" -t "$APP_IMAGE_PUSH" hack/kind/app >/dev/null
+# The classic builder: it needs no buildx plugin, which Debian's docker.io lacks.
+build() {
+    DOCKER_BUILDKIT=0 docker build -q "${BUILD_ARGS[@]}" "$@" >/dev/null 2>"$STATE/build.log" \
+        || { cat "$STATE/build.log"; echo "e2e-kind: docker build $* failed" >&2; exit 1; }
+}
+build -t "$IMAGE_REPOSITORY:$TAG" .
+build -t "$APP_IMAGE_PUSH" hack/kind/app
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep ":$TAG " || true
 APP_IMAGE_IN_REGISTRY=true
 if ! docker push -q "$IMAGE_REPOSITORY:$TAG"; then

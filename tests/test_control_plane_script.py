@@ -42,6 +42,7 @@ def test_no_go_is_a_clear_message_and_status_3() -> None:
 @pytest.mark.skipif(shutil.which("go") is None, reason="needs Go to reach the proxy check")
 def test_no_module_proxy_is_a_clear_message_and_status_3(tmp_path: Path) -> None:
     env = {**os.environ, "GOPROXY": "off", "GOMODCACHE": str(tmp_path / "mod"), "GOFLAGS": ""}
+    env["KUBE_CACHE"] = str(tmp_path / "cache")  # nothing built yet
     done = run("build", "1.37.2", env=env)
     assert done.returncode == CANNOT_BUILD
     last = done.stderr.strip().splitlines()[-1]
