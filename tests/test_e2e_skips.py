@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_suite(**env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("E2E_")}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/e2e", "-m", "e2e", "-p", "no:cacheprovider"]
-        + ["-rs", "-q"],
+        [
+            *(sys.executable, "-m", "pytest", "tests/e2e", "-m", "e2e"),
+            *("-p", "no:cacheprovider", "-rs", "-q"),
+        ],
         cwd=ROOT,
         env={**base, **env},
         capture_output=True,
