@@ -173,8 +173,12 @@ kind create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --config "$STATE/clu
 if [ "$LOCAL" = true ]; then
     step "pod network: bridge + host-local on each node, routes between nodes"
     hack/kind/pod-network.sh "$CLUSTER"
+    step "NetworkPolicy: kube-router's firewall (hack/kind/network-policy.yaml)"
+    policy_image="$(docker image inspect -f '{{index .Config.Labels "io.concurrency-injector.network-policy-image"}}' "$NODE_IMAGE")"
+    sed "s|image: IMAGE|image: $policy_image|" hack/kind/network-policy.yaml | kubectl apply -f - >/dev/null
 fi
 kubectl wait --for=condition=Ready nodes --all --timeout=180s
+[ "$LOCAL" = true ] && kubectl rollout status -n kube-system daemonset/kube-router --timeout=180s
 
 # Every node resolves both names of the registry to it: localhost:PORT (the webhook image, as
 # kind documents) and kind-registry:5000 (the test image, a name the webhook's pods resolve too).

@@ -7,7 +7,8 @@
 #
 # Parts: kind's base image (hack/kind/base-images.sh node: Debian, systemd, containerd, runc,
 # crictl, CNI plugins), kubeadm/kubelet/kubectl and the control plane images from
-# hack/kube/control-plane.sh build, etcd, coredns and pause from hack/kind/tools.sh, each
+# hack/kube/control-plane.sh build, etcd, coredns, pause and kube-router (NetworkPolicy) from
+# hack/kind/tools.sh, each
 # component image tagged with the name kubeadm VERSION asks for and imported into the node's
 # containerd, pinned, as kind does. The cluster then needs no pull at all. Keyed by everything
 # that went in, so the second run prints the tag in seconds.
@@ -79,10 +80,13 @@ image() {
         case "$name" in
         coredns) echo "COPY $name /coredns"; echo 'ENTRYPOINT ["/coredns"]' ;;
         pause) echo "COPY $name /pause"; echo 'ENTRYPOINT ["/pause"]' ;;
-        kube-proxy) cat "$HERE/kube-proxy.Dockerfile" ;;
+        kube-proxy) cat "$HERE/iptables.Dockerfile" ;;
+        kube-router)
+            cat "$HERE/iptables.Dockerfile"
+            echo 'ENTRYPOINT ["/usr/local/bin/kube-router"]' ;;
         esac
     } >"$ctx/Dockerfile"
-    [ "$name" != kube-proxy ] || cp "$HERE/iptables-wrapper" "$ctx/"
+    cp "$HERE/iptables-wrapper" "$ctx/"
     DOCKER_BUILDKIT=0 docker build -q -t "$tag" "$ctx" >/dev/null 2>"$ctx.log" \
         || { cat "$ctx.log" >&2; cannot "docker build of $tag failed"; }
 }
@@ -106,6 +110,10 @@ for tag in "${WANTED[@]}" "$SANDBOX"; do
     esac
     IMAGES+=("$tag")
 done
+# NetworkPolicy where kindnetd is not there (hack/kind/network-policy.yaml).
+NETWORK_POLICY_IMAGE="$REPO/kube-router:$("$HERE/tools.sh" versions | awk '$1 == "kube-router" {print $2}')"
+image "$NETWORK_POLICY_IMAGE" "$(tool_dir kube-router)/kube-router" "$NET"
+IMAGES+=("$NETWORK_POLICY_IMAGE")
 log "component images: ${IMAGES[*]}"
 
 # --- the node: kind's buildImage steps (pkg/build/nodeimage/buildcontext.go) --------------------
@@ -128,6 +136,7 @@ docker commit \
     --change 'ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]' \
     --change 'ENV HTTP_PROXY="" HTTPS_PROXY="" NO_PROXY=""' \
     --change "LABEL io.concurrency-injector.etcd-tag=$ETCD_TAG" \
+    --change "LABEL io.concurrency-injector.network-policy-image=$NETWORK_POLICY_IMAGE" \
     "$BUILD" "$IMAGE" >/dev/null
 # Older node images of this version (1.4 GB each) go; one still in use by a node stays.
 docker image ls --format '{{.Repository}}:{{.Tag}}' | grep "^$REPO/kind-node:v$VERSION-" \

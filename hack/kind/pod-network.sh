@@ -2,8 +2,9 @@
 # The pod network of a kind cluster made without kindnetd (hack/e2e-kind.sh --local): on each
 # node, the CNI bridge plugin with host-local addresses from the node's own podCIDR (which
 # kube-controller-manager allocates), and a route to every other node's podCIDR through that
-# node's address on the kind network. What kindnetd does for routing, written once at start-up;
-# it does not enforce NetworkPolicy.
+# node's address on the kind network; traffic from pods to anything but pods is masqueraded, pod
+# to pod keeps its source address (NetworkPolicy sees who calls). What kindnetd does for routing,
+# written once at start-up; NetworkPolicy is enforced by hack/kind/network-policy.yaml.
 #
 #   hack/kind/pod-network.sh CLUSTER      # KUBECONFIG must point at the cluster
 set -eu
@@ -24,8 +25,6 @@ for node in $nodes; do
 done
 
 for node in $nodes; do
-    # ipMasq: traffic leaving the node's pod subnet (to other nodes, the internet) is masqueraded,
-    # as kindnetd does for everything outside the cluster's pod range.
     docker exec -i "$node" sh -c 'mkdir -p /etc/cni/net.d && cat > /etc/cni/net.d/10-bridge.conflist' <<CONF
 {
   "cniVersion": "1.0.0",
@@ -35,7 +34,7 @@ for node in $nodes; do
       "type": "bridge",
       "bridge": "cni0",
       "isGateway": true,
-      "ipMasq": true,
+      "ipMasq": false,
       "hairpinMode": true,
       "ipam": {
         "type": "host-local",
@@ -47,9 +46,16 @@ for node in $nodes; do
   ]
 }
 CONF
+    # Masquerade what leaves for outside the pods (other nodes' addresses, the internet), as
+    # kindnetd does; not pod to pod.
+    docker exec "$node" sh -c "iptables -t nat -N KIND-POD-MASQ 2>/dev/null || iptables -t nat -F KIND-POD-MASQ
+        iptables -t nat -C POSTROUTING -s ${cidr[$node]} -j KIND-POD-MASQ 2>/dev/null \
+            || iptables -t nat -A POSTROUTING -s ${cidr[$node]} -j KIND-POD-MASQ"
     for other in $nodes; do
+        docker exec "$node" iptables -t nat -A KIND-POD-MASQ -d "${cidr[$other]}" -j RETURN
         [ "$other" = "$node" ] && continue
         docker exec "$node" ip route replace "${cidr[$other]}" via "${ip[$other]}"
     done
+    docker exec "$node" iptables -t nat -A KIND-POD-MASQ -j MASQUERADE
     echo "pod-network: $node ${ip[$node]} pods ${cidr[$node]}"
 done

@@ -19,6 +19,8 @@ RUNC_VERSION=v1.4.3
 CRICTL_VERSION=v1.36.0
 CNI_PLUGINS_VERSION=v1.9.1
 COREDNS_VERSION=v1.14.6
+# NetworkPolicy for a pod network without kindnetd: kube-router's firewall alone (iptables, ipset).
+KUBE_ROUTER_VERSION=v2.1.0
 # The pause program is ours (hack/kind/pause/pause.c): keyed by its content.
 PAUSE_VERSION="$(sha256sum "$HERE/pause/pause.c" | cut -c1-12)"
 
@@ -30,6 +32,7 @@ runc $RUNC_VERSION
 crictl $CRICTL_VERSION
 cni-plugins $CNI_PLUGINS_VERSION
 coredns $COREDNS_VERSION
+kube-router $KUBE_ROUTER_VERSION
 pause $PAUSE_VERSION
 VERSIONS
 }
@@ -94,5 +97,8 @@ build cni-plugins "$CNI_PLUGINS_VERSION" go install -trimpath -ldflags "-s -w" \
     "github.com/containernetworking/plugins/plugins/meta/portmap@$CNI_PLUGINS_VERSION"
 build coredns "$COREDNS_VERSION" go install -trimpath -ldflags "-s -w" \
     "github.com/coredns/coredns@$COREDNS_VERSION"
+build kube-router "$KUBE_ROUTER_VERSION" go install -trimpath \
+    -ldflags "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" \
+    "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
 build pause "$PAUSE_VERSION" build_pause
 echo "$TOOLS_CACHE"

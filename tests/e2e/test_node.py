@@ -18,62 +18,10 @@ import yaml
 from tests.apiserver.cluster import ENABLED_LABEL, Cluster, Doc, status, wait_for
 from tests.apiserver.conftest import REPORT
 from tests.e2e.conftest import CHART, Helm, InClusterWebhook, Settings
-from tests.e2e.workloads import exec_in, settled_worker_count
+from tests.e2e.workloads import app_pod, exec_in, running, settled_worker_count
 
-GUNICORN = ["gunicorn", "--bind", "0.0.0.0:8000", "app:app"]
 # What the container sees: unset variables print as "-".
 SEEN = 'echo "${CPU_LIMIT:--} ${WEB_CONCURRENCY:--} ${POD_CPU:--}"'
-
-
-def app_pod(
-    name: str,
-    *,
-    namespace: str,
-    image: str,
-    cpu: str | None,
-    pod_cpu: str | None = None,
-) -> Doc:
-    """A gunicorn pod of the test image: small requests (a kind node has the host's 2 CPUs and
-    the control plane runs beside it), the CPU limit under test on the container or the pod."""
-    limits: dict[str, str] = {"memory": "256Mi"}
-    if cpu is not None:
-        limits["cpu"] = cpu
-    container: Doc = {
-        "name": "web",
-        "image": image,
-        "command": GUNICORN,
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": limits},
-        # What the downward API gives for this container's limits.cpu, whether or not the
-        # webhook sets CPU_LIMIT: the user's own variable, which the webhook leaves alone.
-        "env": [
-            {
-                "name": "POD_CPU",
-                "valueFrom": {
-                    "resourceFieldRef": {
-                        "containerName": "web",
-                        "resource": "limits.cpu",
-                        "divisor": "1",
-                    }
-                },
-            }
-        ],
-    }
-    spec: Doc = {"containers": [container], "terminationGracePeriodSeconds": 2}
-    if pod_cpu is not None:
-        spec["resources"] = {"limits": {"cpu": pod_cpu, "memory": "256Mi"}}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
-        "spec": spec,
-    }
-
-
-def running(cluster: Cluster, namespace: str, name: str) -> Doc:
-    cluster.kubectl(
-        "wait", "--for=condition=Ready", f"pod/{name}", "-n", namespace, "--timeout=300s"
-    )
-    return cluster.pod(namespace, name)
 
 
 def seen(cluster: Cluster, namespace: str, name: str) -> tuple[str, str, str, int]:

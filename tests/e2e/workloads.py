@@ -147,3 +147,57 @@ def creating_pods(cluster: Cluster, namespace: str, *, interval: float = 0.2) ->
     finally:
         stop.set()
         thread.join(timeout=60)
+
+
+GUNICORN = ["gunicorn", "--bind", "0.0.0.0:8000", "app:app"]
+
+
+def app_pod(
+    name: str,
+    *,
+    namespace: str,
+    image: str,
+    cpu: str | None,
+    pod_cpu: str | None = None,
+) -> Doc:
+    """A gunicorn pod of the test image: small requests (a kind node has the host's 2 CPUs and
+    the control plane runs beside it), the CPU limit under test on the container or the pod."""
+    limits: dict[str, str] = {"memory": "256Mi"}
+    if cpu is not None:
+        limits["cpu"] = cpu
+    container: Doc = {
+        "name": "web",
+        "image": image,
+        "command": GUNICORN,
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": limits},
+        # What the downward API gives for this container's limits.cpu, whether or not the
+        # webhook sets CPU_LIMIT: the user's own variable, which the webhook leaves alone.
+        "env": [
+            {
+                "name": "POD_CPU",
+                "valueFrom": {
+                    "resourceFieldRef": {
+                        "containerName": "web",
+                        "resource": "limits.cpu",
+                        "divisor": "1",
+                    }
+                },
+            }
+        ],
+    }
+    spec: Doc = {"containers": [container], "terminationGracePeriodSeconds": 2}
+    if pod_cpu is not None:
+        spec["resources"] = {"limits": {"cpu": pod_cpu, "memory": "256Mi"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+        "spec": spec,
+    }
+
+
+def running(cluster: Cluster, namespace: str, name: str) -> Doc:
+    cluster.kubectl(
+        "wait", "--for=condition=Ready", f"pod/{name}", "-n", namespace, "--timeout=300s"
+    )
+    return cluster.pod(namespace, name)
