@@ -727,7 +727,7 @@ def _wrk(port: int, body_file: Path, distinct: str, count: int, work: Path) -> d
 
 def probe_rotation(pki: Pki, work: Path, size: Size) -> Row:
     """New handshakes from many clients while the certificate is renewed on disk."""
-    from webhook.certs import build_leaf
+    from webhook.certificates.authority import build_leaf
 
     tls_dir = work / "rotating"
     tls_dir.mkdir(exist_ok=True)

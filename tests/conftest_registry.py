@@ -28,7 +28,7 @@ from tests.registry_server import (
     free_port,
     registry_binary,
 )
-from webhook.certs import build_ca, build_leaf
+from webhook.certificates.authority import build_ca, build_leaf
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import orjson
 from cryptography import x509
 
 from tests.podgen import container
-from webhook.certs import KeyPair, build_ca, build_leaf
+from webhook.certificates.authority import KeyPair, build_ca, build_leaf
 
 LOOPBACK = "127.0.0.1"
 SERVER_NAMES = ["localhost", LOOPBACK]

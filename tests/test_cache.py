@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.podgen import container, gunicorn, pod
 from tests.test_properties import configmaps, pods
-from webhook.cache import DecisionCache, decision_key, pod_key
+from webhook.admission.cache import DecisionCache, decision_key, pod_key
 from webhook.config import Settings
-from webhook.mutation import Decision, decide
+from webhook.core.decision import Decision, decide
 
 
 def cached(cache: DecisionCache, p: dict[str, Any], **kw: Any) -> Decision:

@@ -4,12 +4,12 @@ import pytest
 
 from tests.podgen import container, pod
 from webhook.config import Settings
-from webhook.detection import (
+from webhook.core.detection import (
     find_server,
     images_to_resolve,
     select_targets,
 )
-from webhook.types import ImageConfig
+from webhook.core.types import ImageConfig
 
 PROFILES = Settings().profiles()
 

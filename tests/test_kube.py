@@ -22,8 +22,8 @@ import pytest
 from kubernetes import client, config
 
 from webhook.config import Settings
+from webhook.core.types import EnvSourceReader
 from webhook.kube import ConfigMapReader
-from webhook.types import EnvSourceReader
 from webhook.wiring import in_cluster_problem
 
 NAMESPACE = "shop"

@@ -9,7 +9,7 @@ import pytest
 
 from tests.podgen import container, cpu_limit_env, gunicorn, pod
 from webhook.config import Settings
-from webhook.mutation import configmaps_to_read, decide
+from webhook.core.decision import configmaps_to_read, decide
 
 STATUS = "concurrency-injector.io/status"
 

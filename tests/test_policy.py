@@ -6,8 +6,8 @@ import pytest
 
 from tests.podgen import container, gunicorn, pod
 from webhook.config import Settings
-from webhook.detection import ServerCommand
-from webhook.policy import (
+from webhook.core.detection import ServerCommand
+from webhook.core.workers import (
     CpuLimit,
     WorkerPolicy,
     cpu_limit,

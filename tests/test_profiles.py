@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from tests.podgen import container, pod
-from webhook import profiles
 from webhook.config import ConfigError, Settings
-from webhook.detection import Branches, ServerCommand, read_command, select_targets
-from webhook.mutation import decide
+from webhook.core import profiles
+from webhook.core.decision import decide
+from webhook.core.detection import Branches, ServerCommand, read_command, select_targets
 
 PACKAGE = Path(profiles.__file__).parent
 PROFILES = Settings().profiles()

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from webhook.cli import mutate_documents
 from webhook.config import Settings
-from webhook.keys import FACTS, STATUS
-from webhook.mutation import decide
-from webhook.patch import prefixed
+from webhook.core.decision import decide
+from webhook.core.keys import FACTS, STATUS
+from webhook.core.patch import prefixed
 
 K8S_VERSION = "1.33"
 names = st.sampled_from(["web", "api", "worker", "proxy", "app-2"])

@@ -1,4 +1,4 @@
-"""Connection bounds and shutdown of the real server (webhook/protocol.py, webhook/shutdown.py).
+"""Connection bounds and shutdown of the real server (webhook/serving/protocol.py, webhook/serving/shutdown.py).
 
 A server with short bounds (1 s to the first request, 1.5 s to read one, 3 connections) runs
 as a subprocess; each test opens raw TLS sockets to it, so it can send what no HTTP client

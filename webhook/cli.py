@@ -14,12 +14,14 @@ import jsonpatch
 import orjson
 import yaml
 
-from webhook import __version__, admission, logs, server, wiring
+from webhook import __version__, logs, wiring
+from webhook.admission import review as admission
 from webhook.config import ConfigError, Settings, env_name
-from webhook.detection import images_to_resolve
-from webhook.mutation import decide
-from webhook.patch import prefixed
-from webhook.types import ImageConfig, Obj
+from webhook.core.decision import decide
+from webhook.core.detection import images_to_resolve
+from webhook.core.patch import prefixed
+from webhook.core.types import ImageConfig, Obj
+from webhook.serving import server
 from webhook.workloads import (
     InputError,
     configmap_keys,

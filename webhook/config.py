@@ -14,9 +14,9 @@ from typing import Any, Literal, TypeVar, cast
 
 from kubernetes.utils import parse_quantity
 
-from webhook import profiles
-from webhook.keys import ENV_PREFIX
-from webhook.profiles import ProfileError, ProfileSet
+from webhook.core import profiles
+from webhook.core.keys import ENV_PREFIX
+from webhook.core.profiles import ProfileError, ProfileSet
 
 Mode = Literal["enforce", "audit"]
 Rounding = Literal["floor", "ceil", "round"]
@@ -56,7 +56,7 @@ class Settings:
     memory_per_worker: Decimal | None = None
     resize_restart: bool = False
     python_cpu_count: bool = True
-    # Runtime profiles (webhook/profiles.py): more or replaced ones (YAML or JSON), names off.
+    # Runtime profiles (webhook/core/profiles.py): more or replaced ones (YAML or JSON), names off.
     extra_profiles: str = ""
     disabled_profiles: tuple[str, ...] = ()
     # The worker variable of a container whose envFrom Secret (or unreadable ConfigMap) might
@@ -81,7 +81,7 @@ class Settings:
     cert_reload_seconds: float = 10.0
     log_level: str = "info"
     log_format: LogFormat = "auto"
-    # Connection bounds, per worker (webhook/protocol.py).
+    # Connection bounds, per worker (webhook/serving/protocol.py).
     max_connections: int = 1000
     first_request_seconds: float = 10.0
     request_read_seconds: float = 10.0
@@ -91,7 +91,8 @@ class Settings:
     # this long for in-flight reviews.
     drain_seconds: float = 2.0
     shutdown_timeout: float = 10.0
-    # Work per review: past these the pod is admitted unchanged with a warning (webhook/limits.py).
+    # Work per review: past these the pod is admitted unchanged with a warning
+    # (webhook/admission/caps.py).
     max_containers: int = 100
     max_env_entries: int = 5000
     max_annotation_bytes: int = 256 * 1024

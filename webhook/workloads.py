@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.admission import ReviewError, check_pod, check_review
-from webhook.types import Obj
+from webhook.admission.review import ReviewError, check_pod, check_review
+from webhook.core.types import Obj
 
 # Where each kind keeps the pod it runs, as a path of keys.
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {

@@ -35,7 +35,7 @@ import checks
 import procs
 import report
 
-from webhook.certs import build_ca, build_leaf
+from webhook.certificates.authority import build_ca, build_leaf
 
 Obj = dict[str, Any]
 T = TypeVar("T")

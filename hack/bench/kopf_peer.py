@@ -26,7 +26,7 @@ from typing import Any
 import jsonpatch
 import kopf
 
-from webhook.admission import mutate_review
+from webhook.admission.review import mutate_review
 from webhook.config import Settings
 
 SETTINGS = Settings(no_registry=True)

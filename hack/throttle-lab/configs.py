@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Literal
 
 from webhook.config import Settings
-from webhook.policy import pod_policy, worker_count
+from webhook.core.workers import pod_policy, worker_count
 
 Server = Literal["gunicorn", "uvicorn"]
 SERVERS: tuple[Server, ...] = ("gunicorn", "uvicorn")

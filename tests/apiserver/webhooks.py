@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from tests.apiserver.cluster import Doc, environ_without_ours, https_get, wait_for
-from webhook.certs import KeyPair, build_ca, build_leaf
+from webhook.certificates.authority import KeyPair, build_ca, build_leaf
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0

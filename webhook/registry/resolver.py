@@ -22,11 +22,11 @@ from typing import Any
 import httpx
 from prometheus_client import Counter, Histogram
 
-from webhook.imageref import ImageRef, InvalidReference, parse
+from webhook.core.types import ImageConfig
 from webhook.lru import LRU
-from webhook.registry_auth import CredentialStore
-from webhook.registry_fetch import Fetched, LookupFailed, Platform, RegistryClient
-from webhook.types import ImageConfig
+from webhook.registry.auth import CredentialStore
+from webhook.registry.fetch import Fetched, LookupFailed, Platform, RegistryClient
+from webhook.registry.imageref import ImageRef, InvalidReference, parse
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.imageref import DOCKER_HUB, DOCKER_HUB_ALIASES
+from webhook.registry.imageref import DOCKER_HUB, DOCKER_HUB_ALIASES
 
 log = logging.getLogger(__name__)
 

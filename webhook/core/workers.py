@@ -9,7 +9,6 @@ from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
-from webhook import keys
 from webhook.config import (
     MAX_WORKER_COUNT,
     Rounding,
@@ -19,9 +18,10 @@ from webhook.config import (
     parse_workers_per_cpu,
     quantity,
 )
-from webhook.detection import ServerCommand
-from webhook.profiles import Profile
-from webhook.types import Obj
+from webhook.core import keys
+from webhook.core.detection import ServerCommand
+from webhook.core.profiles import Profile
+from webhook.core.types import Obj
 
 CpuSource = Literal["container", "pod"]
 ROUNDING_MODES: dict[Rounding, str] = {

@@ -193,7 +193,7 @@ def _profile(item: Any, where: str) -> Profile:
 @functools.cache
 def builtin() -> tuple[Profile, ...]:
     """The profiles shipped in the package."""
-    text = resources.files("webhook").joinpath("profiles.yaml").read_text(encoding="utf-8")
+    text = resources.files("webhook.core").joinpath("profiles.yaml").read_text(encoding="utf-8")
     return tuple(parse_profiles(yaml.safe_load(text), source="profiles.yaml"))
 
 

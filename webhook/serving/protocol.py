@@ -15,7 +15,7 @@ connections are accepted until the process runs out of file descriptors. This su
   the longest-idle one (never-used ones first) that has no request in flight, or is closed;
 - an `Upgrade` request (websockets are off, and httptools would stop parsing the connection
   after its headers, body unread) is answered 400 and the connection closed;
-- while the worker drains (webhook/shutdown.py), `Connection: close` on every response;
+- while the worker drains (webhook/serving/shutdown.py), `Connection: close` on every response;
 - a connection the server closes is reset if the client has not completed the TLS close within
   `CLOSE_LINGER_SECONDS`: a client that keeps an idle socket without reading never answers
   the close_notify, and uvicorn's shutdown waited for it until its own timeout.
@@ -38,7 +38,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from webhook import logs, metrics
 from webhook.config import Settings
-from webhook.shutdown import STATE
+from webhook.serving.shutdown import STATE
 
 log = logs.get("server")
 
@@ -75,8 +75,8 @@ CLOSE_LINGER_SECONDS = 1.0
 # File descriptors kept for everything but client connections (registry and API clients, files).
 RESERVED_FDS = 64
 
-# Set by each worker from its settings when it builds the app (webhook.app.create_app), before
-# uvicorn makes the first connection.
+# Set by each worker from its settings when it builds the app (webhook.serving.app.create_app),
+# before uvicorn makes the first connection.
 BOUNDS = Bounds()
 
 

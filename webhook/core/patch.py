@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from webhook.types import Obj
+from webhook.core.types import Obj
 
 Path = tuple[str | int, ...]
 

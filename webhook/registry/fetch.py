@@ -19,9 +19,9 @@ from typing import Any
 import certifi
 import httpx
 
-from webhook.imageref import ImageRef
-from webhook.registry_auth import Challenge, Credentials, CredentialStore, parse_challenge
-from webhook.types import ImageConfig
+from webhook.core.types import ImageConfig
+from webhook.registry.auth import Challenge, Credentials, CredentialStore, parse_challenge
+from webhook.registry.imageref import ImageRef
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A command is read the way exec or a shell would start it. In an exec-form argv every word is
 one argument (`&&` too); a shell script (`sh -c`) is split into commands at its operators and
 keywords. The first word of a command, after wrappers such as `exec`, `env -u X`, `gosu user`,
-`tini --`, `uv run`, `doppler run --`, is what runs; a profile (webhook/profiles.yaml) names it
+`tini --`, `uv run`, `doppler run --`, is what runs; a profile (webhook/core/profiles.yaml) names it
 by executable, `python -m` module, or launcher subcommand (`airflow webserver`). So `pip
 install gunicorn && celery worker` runs Celery, and `sh -c "cd /app && exec gunicorn app"` runs
 gunicorn. A `case "$1"` whose branches run different servers is read only when `$1` is known.
@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from webhook import keys
-from webhook.profiles import GENERIC, ProfileSet
-from webhook.types import ImageConfig, Obj
+from webhook.core import keys
+from webhook.core.profiles import GENERIC, ProfileSet
+from webhook.core.types import ImageConfig, Obj
 
 Source = Literal["command", "image-label", "image-command", "image-name", "annotation"]
 

@@ -3,7 +3,7 @@
 The pod is never edited in place. The webhook only ever writes inside three places: its status
 annotation, and the `env` and `resizePolicy` arrays of target containers, addressed by the
 container's index. Each edit to those arrays is logged as the patch op that makes it
-(`webhook.patch.ArrayEdit`), so the patch applies in order by construction and cannot touch a
+(`webhook.core.patch.ArrayEdit`), so the patch applies in order by construction and cannot touch a
 container as a whole; tests hold it equal to `jsonpatch.make_patch` of the edited pod.
 """
 
@@ -17,11 +17,13 @@ from typing import Any
 
 import orjson
 
-from webhook import keys
 from webhook.config import Settings
-from webhook.detection import Source, Target, containers_of, opted_out, select_targets
-from webhook.patch import ArrayEdit, Path, op
-from webhook.policy import (
+from webhook.core import keys
+from webhook.core.detection import Source, Target, containers_of, opted_out, select_targets
+from webhook.core.patch import ArrayEdit, Path, op
+from webhook.core.profiles import GENERIC_PROFILE, Profile
+from webhook.core.types import ImageConfig, Obj
+from webhook.core.workers import (
     WorkerPolicy,
     cpu_limit,
     cpu_text,
@@ -32,8 +34,6 @@ from webhook.policy import (
     python_cpu_count,
     worker_count,
 )
-from webhook.profiles import GENERIC_PROFILE, Profile
-from webhook.types import ImageConfig, Obj
 
 MAX_WARNING = 120
 CPU_LIMIT_MARK = "limits.cpu"  # how the status annotation records the downward-API CPU_LIMIT
@@ -90,7 +90,7 @@ class Decision:
     def injected(self) -> list[ContainerResult]:
         return [c for c in self.containers if c.set]
 
-    # Cached: a decision may answer many identical reviews (see webhook/cache.py).
+    # Cached: a decision may answer many identical reviews (see webhook/admission/cache.py).
     @cached_property
     def status(self) -> dict[str, Obj]:
         """Per container, what was set and why (the status annotation's content, for logs)."""

@@ -16,7 +16,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webhook import certs, logs
+from webhook import logs
+from webhook.certificates import authority as certs
 from webhook.metrics import CERT_RELOADS
 
 log = logs.get("tls")

@@ -12,8 +12,8 @@ from typing import Any, cast
 import orjson
 
 from webhook.config import Settings
-from webhook.mutation import Decision, decide
-from webhook.types import AdmissionResponse, AdmissionReview, ImageConfig, Obj
+from webhook.core.decision import Decision, decide
+from webhook.core.types import AdmissionResponse, AdmissionReview, ImageConfig, Obj
 
 API_VERSION = "admission.k8s.io/v1"
 OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")

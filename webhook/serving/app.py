@@ -21,8 +21,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
 
-from webhook import logs, metrics, protocol, shutdown, tls, wiring
-from webhook.admission import (
+from webhook import logs, metrics, wiring
+from webhook.admission.cache import DecisionCache, decision_key, pod_key
+from webhook.admission.caps import over_limit
+from webhook.admission.review import (
     ReviewError,
     allow,
     check_pod,
@@ -32,13 +34,12 @@ from webhook.admission import (
     respond,
     review_of,
 )
-from webhook.cache import DecisionCache, decision_key, pod_key
 from webhook.config import Settings
-from webhook.detection import images_to_resolve
-from webhook.limits import over_limit
+from webhook.core.decision import Decision, configmaps_to_read, decide
+from webhook.core.detection import images_to_resolve
+from webhook.core.types import AdmissionResponse, EnvSourceReader, ImageConfig, ImageResolver, Obj
 from webhook.lru import LRU
-from webhook.mutation import Decision, configmaps_to_read, decide
-from webhook.types import AdmissionResponse, EnvSourceReader, ImageConfig, ImageResolver, Obj
+from webhook.serving import protocol, shutdown, tls
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -123,7 +124,7 @@ class Webhook:
             return {"uid": uid, "allowed": True}, "ignored"
         pod: Obj = request.get("object") or {}
         too_big = over_limit(pod, self.settings)
-        if too_big is not None:  # fail open, by decision (see webhook/limits.py)
+        if too_big is not None:  # fail open, by decision (see webhook/admission/caps.py)
             metrics.child(metrics.OVER_LIMIT, too_big.limit).inc()
             log.warning(
                 "pod over a work limit; admitted unchanged",
@@ -334,7 +335,7 @@ async def _watch_certificates(interval: float) -> None:
 
 async def _self_managed_tls(settings: Settings, stop: asyncio.Event) -> None:
     """Keep the self-managed certificate renewed and the caBundle current (in-cluster only)."""
-    from webhook import selfmanaged
+    from webhook.certificates import selfmanaged
 
     await selfmanaged.run_self_managed(selfmanaged.Target.from_settings(settings), stop)
 
