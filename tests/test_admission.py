@@ -8,11 +8,11 @@ import orjson
 import pytest
 
 from tests.podgen import container, gunicorn, pod, review
+from webhook.admission.handler import mutate_review
 from webhook.admission.review import (
     FAIL_OPEN_WARNING,
     ReviewError,
     fail_open,
-    mutate_review,
     parse_review,
 )
 from webhook.config import Settings

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from webhook.admission.types import EnvSourceReader
 from webhook.config import Settings
-from webhook.core.types import EnvSourceReader
 from webhook.kube import ConfigMapReader
 from webhook.wiring import in_cluster_problem
 

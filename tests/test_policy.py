@@ -6,12 +6,12 @@ import pytest
 
 from tests.podgen import container, gunicorn, pod
 from webhook.config import Settings
-from webhook.core.detection import ServerCommand
+from webhook.core.commands import ServerCommand
+from webhook.core.flags import flag_warnings
 from webhook.core.workers import (
     CpuLimit,
     WorkerPolicy,
     cpu_limit,
-    flag_warnings,
     pod_policy,
     python_cpu_count,
     worker_count,
@@ -154,7 +154,7 @@ def test_cpu_limit(
 def test_pod_policy_annotations_override_and_bad_ones_warn() -> None:
     settings = Settings(workers_per_cpu=Decimal(2), max_workers=8)
     pol, warnings = pod_policy(
-        settings,
+        settings.options,
         {
             "concurrency-injector.io/workers-per-cpu": "1.5",
             "concurrency-injector.io/min-workers": "2",
@@ -175,7 +175,7 @@ def test_pod_policy_annotations_override_and_bad_ones_warn() -> None:
     ids=["huge-per-cpu", "per-cpu-over-bound", "max-over-bound", "min-zero", "memory-zero"],
 )
 def test_out_of_bounds_annotations_are_ignored_with_a_warning(key: str, value: str) -> None:
-    pol, warnings = pod_policy(Settings(), {f"concurrency-injector.io/{key}": value})
+    pol, warnings = pod_policy(Settings().options, {f"concurrency-injector.io/{key}": value})
     assert pol == WorkerPolicy(Decimal(1), 1, None, None, "floor")
     assert warnings == [f"concurrency-injector.io/{key}={value!r} is not valid; using the default"]
 
@@ -186,7 +186,7 @@ def test_worker_count_is_bounded_whatever_the_limit() -> None:
 
 def test_pod_policy_min_above_max_uses_max() -> None:
     pol, warnings = pod_policy(
-        Settings(),
+        Settings().options,
         {
             "concurrency-injector.io/min-workers": "6",
             "concurrency-injector.io/max-workers": "4",

@@ -188,10 +188,10 @@ def test_patch_applies_and_second_pass_is_empty(
     p: dict[str, Any], cms: dict[str, frozenset[str]], s: Settings
 ) -> None:
     original = copy.deepcopy(p)
-    decision = decide(p, s, configmaps=cms)
+    decision = decide(p, s.options, configmaps=cms)
     assert p == original, "decide() must not modify its input"
     mutated = jsonpatch.apply_patch(p, decision.patch)
-    assert decide(mutated, s, configmaps=cms).patch == []
+    assert decide(mutated, s.options, configmaps=cms).patch == []
     assert all(len(w) <= 120 for w in decision.warnings)
 
 
@@ -200,7 +200,7 @@ def test_patch_applies_and_second_pass_is_empty(
 def test_user_values_are_never_changed_or_removed(
     p: dict[str, Any], cms: dict[str, frozenset[str]], s: Settings
 ) -> None:
-    mutated = jsonpatch.apply_patch(p, decide(p, s, configmaps=cms).patch)
+    mutated = jsonpatch.apply_patch(p, decide(p, s.options, configmaps=cms).patch)
     before, after = _user_values(p), _user_values(mutated)
     override = (p["metadata"].get("annotations") or {}).get(
         "concurrency-injector.io/override"
@@ -216,7 +216,7 @@ def test_user_values_are_never_changed_or_removed(
 def test_injected_values_are_positive_integers(
     p: dict[str, Any], cms: dict[str, frozenset[str]], s: Settings
 ) -> None:
-    mutated = jsonpatch.apply_patch(p, decide(p, s, configmaps=cms).patch)
+    mutated = jsonpatch.apply_patch(p, decide(p, s.options, configmaps=cms).patch)
     status = json.loads((mutated["metadata"].get("annotations") or {}).get(STATUS, "{}"))
     for entry in status.values():
         for name, value in entry.get("set", {}).items():
@@ -228,7 +228,7 @@ def test_injected_values_are_positive_integers(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pods(), server_settings)
 def test_result_is_a_valid_pod(p: dict[str, Any], s: Settings) -> None:
-    mutated = jsonpatch.apply_patch(p, decide(p, s).patch)
+    mutated = jsonpatch.apply_patch(p, decide(p, s.options).patch)
     kubernetes_validate.validate(mutated, K8S_VERSION, strict=True)
 
 
@@ -330,7 +330,7 @@ def _edited(p: dict[str, Any], decision: Any) -> dict[str, Any]:
 def test_patch_only_edits_inside_targets_and_keeps_every_container(
     p: dict[str, Any], cms: dict[str, frozenset[str]], s: Settings
 ) -> None:
-    decision = decide(p, s, configmaps=cms)
+    decision = decide(p, s.options, configmaps=cms)
     targets = {c.name for c in decision.containers}
     for o in decision.patch:
         match = ALLOWED.match(o["path"])
@@ -355,7 +355,7 @@ def test_patch_only_edits_inside_targets_and_keeps_every_container(
                 ours = [e["name"] for e in a.get("env", []) if e["name"] in INJECTED_ENV]
                 assert len(ours) == len(set(ours)), ours
 
-    assert decide(mutated, s, configmaps=cms).patch == []
+    assert decide(mutated, s.options, configmaps=cms).patch == []
 
 
 @MANY
@@ -364,7 +364,7 @@ def test_direct_patch_equals_the_diff_of_the_edited_pod(
     p: dict[str, Any], cms: dict[str, frozenset[str]], s: Settings
 ) -> None:
     """The diff stays the oracle: the direct patch gives the pod that editing a copy gives."""
-    decision = decide(p, s, configmaps=cms)
+    decision = decide(p, s.options, configmaps=cms)
     if not decision.patch:
         return
     expected = _edited(p, decision)
@@ -375,7 +375,7 @@ def test_direct_patch_equals_the_diff_of_the_edited_pod(
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(crowded_pods, every_setting)
 def test_crowded_result_is_a_valid_pod(p: dict[str, Any], s: Settings) -> None:
-    mutated = jsonpatch.apply_patch(p, decide(p, s).patch)
+    mutated = jsonpatch.apply_patch(p, decide(p, s.options).patch)
     kubernetes_validate.validate(mutated, K8S_VERSION, strict=True)
 
 
@@ -391,7 +391,7 @@ def test_mutate_cli_patch_is_the_pods_patch(p: dict[str, Any], s: Settings) -> N
     }
     s = dataclasses.replace(s, no_registry=True)
     results = asyncio.run(mutate_documents([p, deployment], s, stderr=io.StringIO()))
-    pod_patch = decide(p, s).patch
+    pod_patch = decide(p, s.options).patch
     assert results[0][2] == pod_patch
     assert results[1][2] == prefixed(pod_patch, ("spec", "template"))
     for original, mutated, patch in results:

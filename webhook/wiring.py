@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from webhook.admission.types import EnvSourceReader
 from webhook.config import Settings
-from webhook.core.types import EnvSourceReader
 
 if TYPE_CHECKING:
     from webhook.registry.resolver import RegistryResolver

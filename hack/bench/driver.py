@@ -547,7 +547,7 @@ def notes(plan: Plan) -> list[str]:
         "floor: raw ASGI app on the same uvicorn (uvloop, httptools, TLS), orjson parse, fixed "
         "allowing response with the request's uid; it mutates nothing.",
         "kopf: kopf.WebhookServer (kopf's own aiohttp server, stdlib json), an async handler "
-        "running the same `mutate_review`; start-up discovery comes from a FAKE local API "
+        "running the same admission handler; start-up discovery comes from a FAKE local API "
         "endpoint in the peer's process, used by that peer only.",
         "flask: Flask on gunicorn, one sync worker, `request.get_json()` + `jsonify`. Gunicorn's "
         "sync worker does not keep connections alive, so every request also pays a TLS "

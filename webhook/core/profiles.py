@@ -11,10 +11,13 @@ import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from typing import Any, Literal
 
 import yaml
+
+from webhook.core.flags import FlagReader
 
 Kind = Literal["server", "worker", "app"]
 KINDS: tuple[Kind, ...] = ("server", "worker", "app")
@@ -70,9 +73,10 @@ class Profile:
     hint: str = ""
     description: str = ""
 
-    @property
-    def reads_env(self) -> bool:
-        return bool(self.env)
+    @cached_property
+    def flag_reader(self) -> FlagReader:
+        """Its flags, compiled once: every flag the warnings and the policy look for."""
+        return FlagReader((*self.flags, *self.config_flags, *self.threads_flags))
 
 
 @dataclass(frozen=True)

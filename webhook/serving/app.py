@@ -22,23 +22,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client import multiprocess as prom_multiprocess
 
 from webhook import logs, metrics, wiring
-from webhook.admission.cache import DecisionCache, decision_key, pod_key
-from webhook.admission.caps import over_limit
-from webhook.admission.review import (
-    ReviewError,
-    allow,
-    check_pod,
-    fail_open,
-    is_pod_create,
-    parse_review,
-    respond,
-    review_of,
-)
+from webhook.admission.handler import AdmissionHandler
+from webhook.admission.review import ReviewError
+from webhook.admission.types import EnvSourceReader, ImageResolver
 from webhook.config import Settings
-from webhook.core.decision import Decision, configmaps_to_read, decide
-from webhook.core.detection import images_to_resolve
-from webhook.core.types import AdmissionResponse, EnvSourceReader, ImageConfig, ImageResolver, Obj
-from webhook.lru import LRU
 from webhook.serving import protocol, shutdown, tls
 
 Scope = MutableMapping[str, Any]
@@ -77,7 +64,11 @@ def request_budget(settings: Settings, query: bytes) -> float:
 
 
 class Webhook:
-    """The ASGI application: /mutate here, everything else to the FastAPI app."""
+    """The ASGI application: /mutate here, everything else to the FastAPI app.
+
+    /mutate only moves bytes: the body in, the handler's answer out (webhook/admission/handler.py);
+    a review that is the caller's fault is a 4xx here, the one place errors become HTTP codes.
+    """
 
     def __init__(
         self,
@@ -87,12 +78,7 @@ class Webhook:
         env_reader: EnvSourceReader | None = None,
     ) -> None:
         self.settings = settings
-        self.resolver = resolver
-        self.env_reader = env_reader
-        self.cache = DecisionCache(settings.decision_cache_size)
-        self._lookups_of: LRU[bytes, tuple[list[str], list[str]]] = LRU(
-            settings.decision_cache_size
-        )
+        self.handler = AdmissionHandler(settings, resolver=resolver, env_reader=env_reader)
         self.api = build_api(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -104,108 +90,18 @@ class Webhook:
     async def mutate_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         try:
-            review = parse_review(await self._read_body(scope, receive))
-            response, outcome = await self.admit(review, scope.get("query_string", b""))
-        except (HTTPError, ReviewError) as exc:  # the caller's fault: 4xx (ours fail open in admit)
+            body = await self._read_body(scope, receive)
+            budget = request_budget(self.settings, scope.get("query_string", b""))
+            answer = await self.handler.handle_body(body, budget=budget)
+        except (HTTPError, ReviewError) as exc:  # the caller's fault: 4xx (ours fail open)
             status = exc.status if isinstance(exc, HTTPError) else 400
             metrics.child(metrics.REQUESTS, "invalid").inc()
             log.info("rejected review", extra={"status": status, "error": str(exc)})
             await _send(send, status, {"error": str(exc)})
             return
-        metrics.child(metrics.REQUESTS, outcome).inc()
+        metrics.child(metrics.REQUESTS, answer.outcome).inc()
         metrics.LATENCY.observe(time.perf_counter() - started)
-        await _send(send, 200, review_of(response))
-
-    async def admit(self, review: Any, query: bytes) -> tuple[AdmissionResponse, str]:
-        """Answer one checked review; our own failures fail open."""
-        request = review["request"]
-        uid = request["uid"]
-        if not is_pod_create(review):
-            return {"uid": uid, "allowed": True}, "ignored"
-        pod: Obj = request.get("object") or {}
-        too_big = over_limit(pod, self.settings)
-        if too_big is not None:  # fail open, by decision (see webhook/admission/caps.py)
-            metrics.child(metrics.OVER_LIMIT, too_big.limit).inc()
-            log.warning(
-                "pod over a work limit; admitted unchanged",
-                extra={"limit": too_big.limit, "count": too_big.count, "cap": too_big.cap},
-            )
-            return allow(uid, warnings=[too_big.warning]), "unchanged"
-        key = pod_key(pod)
-        if not self.cache.checked(key):  # a pod seen before was checked then
-            check_pod(pod)
-            self.cache.mark_checked(key)
-        namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or ""
-        try:
-            images, configmaps = await self._lookups(pod, key, namespace, query)
-            decision = self.cache.get_or_decide(
-                key and decision_key(key, images, configmaps),
-                lambda: decide(pod, self.settings, images=images, configmaps=configmaps),
-            )
-            response = respond(uid, decision)
-        except Exception:
-            # Fail open, by decision: never block pod creation on our bug (failurePolicy: Ignore).
-            metrics.ERRORS.labels("mutate").inc()
-            log.exception(
-                "mutation failed; pod admitted unchanged", extra={"pod": _pod_name(pod, namespace)}
-            )
-            return fail_open(uid), "error"
-        outcome = _record(decision, _pod_name(pod, namespace))
-        return response, outcome
-
-    async def _lookups(
-        self, pod: Obj, key: bytes | None, namespace: str, query: bytes
-    ) -> tuple[dict[str, ImageConfig], dict[str, frozenset[str]]]:
-        """Registry and ConfigMap reads, in parallel, inside one time budget per review."""
-        refs, names = self._wanted(pod, key)
-        if not namespace:
-            names = []
-        if not refs and not names:
-            return {}, {}
-        if not names and self.resolver is not None:
-            # Every image answered by the registry cache: no coroutine, no task, no loop turn.
-            cached = getattr(self.resolver, "resolve_cached", None)
-            found = cached(refs) if cached is not None else None
-            if found is not None:
-                return found, {}
-        budget = request_budget(self.settings, query)
-
-        async def images() -> dict[str, ImageConfig]:
-            if not refs or self.resolver is None:
-                return {}
-            return await self.resolver.resolve(refs, timeout=budget)
-
-        async def configmaps() -> dict[str, frozenset[str]]:
-            if not names or self.env_reader is None:
-                return {}
-            return await self.env_reader.configmap_keys(namespace, names, timeout=budget)
-
-        found = await asyncio.gather(images(), configmaps(), return_exceptions=True)
-        results: list[Any] = []
-        for stage, value in zip(("registry", "configmaps"), found, strict=True):
-            if isinstance(value, BaseException):
-                metrics.ERRORS.labels(stage).inc()
-                log.warning(
-                    f"{stage} lookup failed; deciding without it", extra={"error": repr(value)}
-                )
-                value = {}
-            results.append(value)
-        return results[0], results[1]
-
-    def _wanted(self, pod: Obj, key: bytes | None) -> tuple[list[str], list[str]]:
-        """The images and ConfigMaps a pod needs read, found once per pod key (a Deployment's
-        replicas ask for the same ones)."""
-        wanted = self._lookups_of.get(key) if key else None
-        if wanted is None:
-            wanted = (
-                images_to_resolve(pod, self.settings.profiles())
-                if self.resolver is not None
-                else [],
-                configmaps_to_read(pod) if self.env_reader is not None else [],
-            )
-            if key:
-                self._lookups_of.put(key, wanted)
-        return wanted
+        await _send(send, 200, answer.review())
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         if scope["method"] != "POST":
@@ -230,32 +126,6 @@ class Webhook:
             chunks.append(chunk)
             more = message.get("more_body", False)
         return b"".join(chunks)
-
-
-def _pod_name(pod: Obj, namespace: str) -> str:
-    """namespace/name for the log line; a checked pod's names are strings (or absent)."""
-    metadata = pod.get("metadata") or {}
-    name = metadata.get("name") or f"{metadata.get('generateName') or ''}*"
-    return f"{namespace}/{name}"
-
-
-def _record(decision: Decision, pod: str) -> str:
-    """Metrics and the one log line per mutation; returns the request outcome."""
-    for c in decision.containers:
-        if c.set:
-            metrics.child(
-                metrics.INJECTIONS, c.runtime, c.source, "audit" if decision.audit else "enforce"
-            ).inc()
-        elif c.skipped:
-            metrics.child(metrics.SKIPS, "container-no-cpu-limit").inc()
-    if decision.reason:
-        metrics.child(metrics.SKIPS, decision.reason).inc()
-    if decision.warnings:
-        metrics.WARNINGS.inc(len(decision.warnings))
-    if decision.containers or decision.warnings:
-        message = "pod mutated" if decision.patch else "pod reviewed"
-        logs.info_json(log, message, {"pod": pod}, decision.summary_json)
-    return decision.outcome
 
 
 async def _send(send: Send, status: int, payload: Any) -> None:
@@ -288,8 +158,7 @@ def build_api(webhook: Webhook) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if webhook.resolver is not None and hasattr(webhook.resolver, "aclose"):
-                await webhook.resolver.aclose()
+            await webhook.handler.aclose()
 
     api = FastAPI(
         title="concurrency-injector",
