@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import math
 import os
 import signal
 import socket
@@ -20,15 +21,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 from cryptography import x509
+from kubernetes.utils import parse_quantity
 
 from tests.podgen import container
 from webhook.certificates.authority import KeyPair, build_ca, build_leaf
 
+ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 SERVER_NAMES = ["localhost", LOOPBACK]
 START_TIMEOUT = 30.0
@@ -62,6 +66,8 @@ def wait_until(check: Callable[[], bool], *, timeout: float, interval: float = 0
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in SCRUBBED_ENV and not k.startswith("CONCURRENCY_INJECTOR_")}
+    # The package of this tree, whichever checkout the console script was installed from.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env.update(extra)
     return env
 
@@ -386,3 +392,58 @@ def process_group(command: list[str], *, env: Mapping[str, str], cwd: Path,
     finally:
         stop_group(proc, timeout=10)
         print(f"--- {command[0]} log ({log_file}) ---\n{log_file.read_text(errors='replace')}")
+
+
+# --- the command line, the kubelet and the runtimes ----------------------------------------
+
+
+def mutate(pod: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """The pod as `concurrency-injector mutate -o json` returns it."""
+    source = tmp_path / "pod.json"
+    source.write_bytes(orjson.dumps(pod))
+    done = subprocess.run([*cli_command(), "mutate", "-f", str(source), "-o", "json",
+                           "--no-registry"], env=clean_env(), capture_output=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    mutated: dict[str, Any] = orjson.loads(done.stdout)
+    return mutated
+
+
+def _quantity(value: str) -> Decimal:
+    return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
+
+
+def kubelet_env(pod: dict[str, Any], container_name: str) -> dict[str, str]:
+    """A container's env as the kubelet gives it: `value`s, and limits via `resourceFieldRef`."""
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    env: dict[str, str] = {}
+    for entry in containers[container_name].get("env") or []:
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+            continue
+        ref = entry["valueFrom"]["resourceFieldRef"]
+        owner = containers[ref.get("containerName") or container_name]
+        section, name = ref["resource"].split(".")
+        limit = _quantity(owner["resources"][section][name])
+        env[entry["name"]] = str(math.ceil(limit / _quantity(ref.get("divisor") or "1")))
+    return env
+
+
+def fetch(port: int) -> tuple[int, bytes]:
+    """GET / on a new connection: status and body."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+def answers(port: int, body: bytes | None = None) -> bool:
+    """The server at `port` answers GET / with 200 (and `body`, when given)."""
+    try:
+        status, data = fetch(port)
+    except (OSError, http.client.HTTPException):
+        return False
+    return status == 200 and (body is None or data == body)

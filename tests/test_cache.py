@@ -6,7 +6,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 
 from tests.podgen import container, gunicorn, pod
-from tests.test_properties import configmaps, pods
+from tests.strategies import configmaps, pods
 from webhook.admission.cache import DecisionCache, decision_key, pod_key
 from webhook.config import Settings
 from webhook.core.decision import Decision, decide

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from tests.podgen import gunicorn, pod, review
 from tests.servers import Pki, WebhookServer
-from tests.test_properties import crowded_pods
+from tests.strategies import crowded_pods
 from webhook.admission.review import FAIL_OPEN_WARNING
 from webhook.config import Settings
 from webhook.serving.app import Webhook

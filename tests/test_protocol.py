@@ -42,11 +42,6 @@ BOUNDS = {
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki.create(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
 def server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookServer]:
     with WebhookServer(pki, tmp_path_factory.mktemp("bounded") / "log", env=BOUNDS) as webhook:
         yield webhook

@@ -24,8 +24,6 @@ from webhook.core.types import ImageConfig
 from webhook.registry import fetch as registry_fetch
 from webhook.registry.resolver import RegistryResolver
 
-pytest_plugins = ["tests.conftest_registry"]
-
 BUDGET = 2.0
 RUNTIME_LABEL = "io.concurrency-injector.runtime"
 # The `config` section of an image config blob, as pushed.

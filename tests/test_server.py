@@ -80,11 +80,6 @@ GUNICORN_PATCH = [
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki.create(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
 def server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookServer]:
     webhook = WebhookServer(pki, tmp_path_factory.mktemp("server") / "stderr.log")
     webhook.start()
