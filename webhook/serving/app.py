@@ -11,8 +11,10 @@ import contextlib
 import gc
 import os
 import re
+import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -26,7 +28,8 @@ from webhook.admission.handler import AdmissionHandler
 from webhook.admission.review import ReviewError
 from webhook.admission.types import EnvSourceReader, ImageResolver
 from webhook.config import Settings
-from webhook.serving import protocol, shutdown, tls
+from webhook.serving import shutdown, tls
+from webhook.serving.state import Bounds, CertificateSource, ServingState
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -76,9 +79,12 @@ class Webhook:
         *,
         resolver: ImageResolver | None = None,
         env_reader: EnvSourceReader | None = None,
+        serving: ServingState | None = None,
     ) -> None:
         self.settings = settings
         self.handler = AdmissionHandler(settings, resolver=resolver, env_reader=env_reader)
+        # Certificates, shutdown and connection bounds: /readyz and the protocol ask this.
+        self.serving = serving or ServingState(bounds=Bounds.from_settings(settings))
         self.api = build_api(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -146,8 +152,9 @@ def build_api(webhook: Webhook) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        shutdown.install_drain(webhook.settings.drain_seconds)
-        tasks = [asyncio.create_task(_watch_certificates(webhook.settings.cert_reload_seconds))]
+        shutdown.install_drain(webhook.serving.shutdown, webhook.settings.drain_seconds)
+        watch = _watch_certificates(webhook.serving, webhook.settings.cert_reload_seconds)
+        tasks = [asyncio.create_task(watch)]
         if webhook.settings.tls_self_managed:
             tasks.append(asyncio.create_task(_self_managed_tls(webhook.settings, stop)))
         try:
@@ -174,10 +181,8 @@ def build_api(webhook: Webhook) -> FastAPI:
 
     @api.get("/readyz")
     async def readyz() -> JSONResponse:
-        if shutdown.STATE.draining:  # on SIGTERM: the Service stops sending reviews here
-            return JSONResponse({"status": "draining"}, 503)
-        serving = all(ctx.context is not None for ctx in tls.ACTIVE)
-        return JSONResponse({"status": "ready" if serving else "starting"}, 200 if serving else 503)
+        status, ready = webhook.serving.readiness()
+        return JSONResponse({"status": status}, 200 if ready else 503)
 
     @api.get("/metrics")
     async def metrics_endpoint() -> Response:
@@ -195,11 +200,11 @@ def _metrics_text() -> bytes:
     return generate_latest()
 
 
-async def _watch_certificates(interval: float) -> None:
+async def _watch_certificates(serving: ServingState, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
-        for ctx in tls.ACTIVE:
-            ctx.reload_if_changed()
+        for source in serving.certificates:
+            source.reload_if_changed()
 
 
 async def _self_managed_tls(settings: Settings, stop: asyncio.Event) -> None:
@@ -209,16 +214,37 @@ async def _self_managed_tls(settings: Settings, stop: asyncio.Event) -> None:
     await selfmanaged.run_self_managed(selfmanaged.Target.from_settings(settings), stop)
 
 
-def create_app() -> Webhook:
-    """The app uvicorn serves (a factory: each worker builds its own from the environment)."""
+def create_app(certificates: Sequence[CertificateSource] = ()) -> Webhook:
+    """One worker's app, built from the environment (each worker builds its own)."""
     settings = Settings.from_env()
     logs.setup(settings.log_level, settings.log_format)
-    protocol.configure(settings)
+    serving = ServingState(list(certificates), bounds=Bounds.from_settings(settings))
     app = Webhook(
-        settings, resolver=wiring.resolver(settings), env_reader=wiring.env_reader(settings)
+        settings,
+        resolver=wiring.resolver(settings),
+        env_reader=wiring.env_reader(settings),
+        serving=serving,
     )
     # The libraries' objects live as long as the process: keep full collections from walking
     # them again and again (a pause of tens of milliseconds in the middle of a review).
     gc.collect()
     gc.freeze()
     return app
+
+
+@dataclass
+class WorkerApp:
+    """What uvicorn builds each worker from: the app and its TLS context, from one object.
+
+    Picklable (the supervisor hands it to every worker process). In a worker, uvicorn first
+    calls `ssl_context`, then the object itself for the app, so the app is built with the very
+    certificate source that serves: /readyz asks it and the watcher reloads it.
+    """
+
+    certificates: tls.ReloadingContext
+
+    def ssl_context(self, config: object, default: object) -> ssl.SSLContext:
+        return self.certificates.build()
+
+    def __call__(self) -> Webhook:
+        return create_app([self.certificates])

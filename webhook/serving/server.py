@@ -90,13 +90,16 @@ def serve(settings: Settings, environ: MutableMapping[str, str] | None = None) -
 
 def _run(settings: Settings, cert_file: str, key_file: str, *, workers: int) -> None:
     """uvicorn.run's two ways of serving, with SIGTERM passed on to workers at once."""
+    from webhook.serving.app import WorkerApp  # the app's libraries, only when serving
+
+    worker = WorkerApp(tls.ReloadingContext(cert_file, key_file))
     config = uvicorn.Config(
-        "webhook.serving.app:create_app",
+        worker,
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=workers,
-        ssl_context_factory=tls.ReloadingContext(cert_file, key_file),
+        ssl_context_factory=worker.ssl_context,
         # httptools with the bounds it lacks (webhook/serving/protocol.py); no websockets, nothing
         # here upgrades.
         http=BoundedHttpToolsProtocol,
