@@ -47,7 +47,7 @@ class Config:
 
 def injected_workers(cpus: float) -> int:
     """The webhook's WEB_CONCURRENCY for a container limited to `cpus`, by its default policy."""
-    policy, _ = pod_policy(Settings(), {})
+    policy, _ = pod_policy(Settings().options, {})
     return worker_count(Decimal(str(cpus)), policy).count
 
 
