@@ -30,7 +30,12 @@ from webhook.admission.review import (
     respond,
     review_of,
 )
-from webhook.admission.types import AdmissionResponse, EnvSourceReader, ImageResolver
+from webhook.admission.types import (
+    AdmissionResponse,
+    AdmissionReview,
+    EnvSourceReader,
+    ImageResolver,
+)
 from webhook.config import Settings
 from webhook.core.decision import Decision, configmaps_to_read, decide
 from webhook.core.detection import images_to_resolve
@@ -90,14 +95,16 @@ class AdmissionHandler:
 
     async def handle_body(self, body: bytes, *, budget: float | None = None) -> Answer:
         """A review as the API server sends it; ReviewError when it is not a usable one."""
-        return await self.handle(parse_review(body), budget=budget)
+        return await self._answer(parse_review(body), budget)
 
     async def handle(self, review: Any, *, budget: float | None = None) -> Answer:
         """Answer one review within `budget` seconds of lookups (default: the registry timeout).
 
         ReviewError (the caller's fault) is raised; our own failures fail open.
         """
-        checked = check_review(review)
+        return await self._answer(check_review(review), budget)
+
+    async def _answer(self, checked: AdmissionReview, budget: float | None) -> Answer:
         request = checked["request"]
         uid = request["uid"]
         if not is_pod_create(checked):
@@ -155,6 +162,8 @@ class AdmissionHandler:
         self, pod: Obj, key: bytes | None, namespace: str, budget: float
     ) -> tuple[dict[str, ImageConfig], dict[str, frozenset[str]]]:
         """Registry and ConfigMap reads, in parallel, inside one time budget per review."""
+        if self.resolver is None and self.env_reader is None:
+            return {}, {}
         refs, names = self._wanted(pod, key)
         if not refs and not names:
             return {}, {}

@@ -16,6 +16,7 @@ import posixpath
 import re
 import shlex
 from dataclasses import dataclass
+from typing import cast
 
 from webhook.core.profiles import ProfileSet
 from webhook.core.types import ImageConfig, Obj
@@ -73,6 +74,8 @@ ENTRYPOINTS = re.compile(r"^(docker-)?entrypoint(\.sh)?$|^(docker-)?entry(\.sh)?
 PYTHON_OPTIONS_WITH_ARG = frozenset({"-X", "-W", "-Q"})
 POSITIONAL_1 = frozenset({"$1", "${1}"})
 MAX_SHELL_DEPTH = 3
+# Command lines remembered per profile set (each a few hundred bytes at most).
+MAX_COMMANDS_READ = 4096
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,21 @@ def find_server(argv: list[str], profiles: ProfileSet) -> ServerCommand | None:
     return found if isinstance(found, ServerCommand) else None
 
 
-def read_command(argv: list[str], profiles: ProfileSet, *, depth: int = 0) -> Found:
-    """What an exec-form argv starts: a server, a choice of servers, or nothing known."""
-    return _Reader(profiles, depth).command(list(argv))
+def read_command(argv: list[str], profiles: ProfileSet) -> Found:
+    """What an exec-form argv starts: a server, a choice of servers, or nothing known.
+
+    Remembered per profile set: the same few command lines come back in pod after pod, and
+    the answer (frozen data) depends on nothing else.
+    """
+    key = tuple(argv)
+    known = profiles.commands_read
+    if key in known:
+        return cast(Found, known[key])
+    found = _Reader(profiles, 0).command(list(argv))
+    if len(known) >= MAX_COMMANDS_READ:
+        known.clear()  # a bound, not an eviction policy: the common lines come right back
+    known[key] = found
+    return found
 
 
 @dataclass(frozen=True)

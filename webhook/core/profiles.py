@@ -89,6 +89,10 @@ class ProfileSet:
     by_launcher: Mapping[str, tuple[tuple[tuple[str, ...], Profile], ...]] = field(
         default_factory=dict
     )
+    # What each command line read with these profiles runs (webhook/core/commands.py).
+    commands_read: dict[tuple[str, ...], Any] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, profiles: Iterable[Profile]) -> ProfileSet:

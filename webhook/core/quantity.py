@@ -7,6 +7,7 @@ core most of its start-up.
 
 from __future__ import annotations
 
+import functools
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -42,7 +43,14 @@ def parse_quantity(value: Any) -> Decimal:
 
 def quantity(value: Any) -> Decimal:
     """A finite quantity: the parser takes `NaN` and `Infinity`, as Decimal does."""
-    parsed = parse_quantity(value)
+    parsed = _text_quantity(value) if type(value) is str else parse_quantity(value)
     if not parsed.is_finite():
         raise ValueError(f"{value!r} is not a finite quantity")
     return parsed
+
+
+@functools.lru_cache(maxsize=1024)
+def _text_quantity(text: str) -> Decimal:
+    """Quantities as pods spell them (`500m`, `1Gi`) repeat: each is parsed once (Decimals are
+    immutable, so one answer serves every pod)."""
+    return parse_quantity(text)
