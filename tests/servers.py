@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import math
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -222,30 +223,45 @@ def cli_command() -> list[str]:
 
 @dataclass
 class WebhookServer:
-    """`concurrency-injector serve` on a free loopback port, in its own process group."""
+    """`concurrency-injector serve` on a free loopback port, in its own process group.
+
+    The one harness for a real server, in the tests and in hack/reliability.py: `workers` sets
+    its WEB_CONCURRENCY, `nofile` its file limit, `ready_path` what it must answer before use.
+    """
 
     pki: Pki
     log_file: Path
     env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+    nofile: int | None = None
+    ready_path: str = "/healthz"
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self) -> WebhookServer:
         for _attempt in range(3):  # a free port can be taken between probe and bind
             self.port = free_port()
             command = [*cli_command(), "serve", "--cert-file", str(self.pki.cert_file),
                        "--key-file", str(self.pki.key_file), "--host", LOOPBACK,
                        "--port", str(self.port), "--no-registry"]
-            env = clean_env(CONCURRENCY_INJECTOR_LOG_FORMAT="json", **self.env)
+            env = clean_env(**{"CONCURRENCY_INJECTOR_LOG_FORMAT": "json",
+                               "WEB_CONCURRENCY": str(self.workers), **self.env})
             with self.log_file.open("ab") as log:
                 self.proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
-                                             stdout=log, stderr=log, start_new_session=True)
-            if wait_until(self._serving, timeout=START_TIMEOUT, interval=0.1):
-                return
+                                             stdout=log, stderr=log, start_new_session=True,
+                                             preexec_fn=self._limits if self.nofile else None)
+            started = wait_until(self._serving, timeout=START_TIMEOUT, interval=0.1)
+            if started and self.proc.poll() is None:
+                return self
             self.stop()
             if "address already in use" not in self.log().lower():
                 break
         raise RuntimeError(f"the webhook server did not start; its log:\n{self.log()}")
+
+    def _limits(self) -> None:
+        """In the child, before exec: the file limit the server is to run under."""
+        if self.nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def _serving(self) -> bool:
         assert self.proc is not None
@@ -253,7 +269,7 @@ class WebhookServer:
             return True  # exited: start() sees it is not healthy
         try:
             with self.client() as client:
-                return client.get("/healthz").status == 200
+                return client.get(self.ready_path).status == 200
         except (OSError, http.client.HTTPException):
             return False
 
@@ -284,13 +300,35 @@ class WebhookServer:
         except FileNotFoundError:
             return 0
 
+    @property
+    def context(self) -> ssl.SSLContext:
+        """A client context that trusts this server's test CA."""
+        return client_context(self.pki.ca.cert_pem)
+
+    def connection(self, timeout: float = REQUEST_TIMEOUT) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(LOOPBACK, self.port, timeout=timeout,
+                                           context=self.context)
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """GET on a new connection: status and body."""
+        conn = self.connection(timeout)
+        try:
+            conn.request("GET", path)
+            answer = conn.getresponse()
+            return answer.status, answer.read()
+        finally:
+            conn.close()
+
+    def workers_pids(self) -> list[int]:
+        """The processes that serve: the server itself, or with several workers, its workers."""
+        return uvicorn_workers(self.pid) if self.workers > 1 else [self.pid]
+
     def stop(self) -> None:
         if self.proc is not None:
             stop_group(self.proc)
 
     def __enter__(self) -> WebhookServer:
-        self.start()
-        return self
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -93,6 +93,11 @@ class AdmissionHandler:
             settings.decision_cache_size
         )
 
+    @property
+    def makes_lookups(self) -> bool:
+        """Whether answers may wait on a registry or the Kubernetes API."""
+        return self.resolver is not None or self.env_reader is not None
+
     async def handle_body(self, body: bytes, *, budget: float | None = None) -> Answer:
         """A review as the API server sends it; ReviewError when it is not a usable one."""
         return await self._answer(parse_review(body), budget)
@@ -149,7 +154,7 @@ class AdmissionHandler:
         With no resolver and no ConfigMap reader nothing in `handle` waits, so the coroutine
         finishes on its first step.
         """
-        if self.resolver is not None or self.env_reader is not None:
+        if self.makes_lookups:
             raise RuntimeError("handle_now makes no lookups; use handle")
         return _finish(self.handle(review))
 
@@ -162,7 +167,7 @@ class AdmissionHandler:
         self, pod: Obj, key: bytes | None, namespace: str, budget: float
     ) -> tuple[dict[str, ImageConfig], dict[str, frozenset[str]]]:
         """Registry and ConfigMap reads, in parallel, inside one time budget per review."""
-        if self.resolver is None and self.env_reader is None:
+        if not self.makes_lookups:
             return {}, {}
         refs, names = self._wanted(pod, key)
         if not refs and not names:

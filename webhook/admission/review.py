@@ -175,12 +175,6 @@ def _optional(value: Any, kind: type, where: str) -> None:
         raise ReviewError(f"{where} is not {expected}")
 
 
-def pod_of(review: AdmissionReview) -> Obj:
-    pod = review["request"].get("object") or {}
-    check_pod(pod)
-    return pod
-
-
 def allow(uid: str, *, warnings: list[str] | None = None) -> AdmissionResponse:
     response: AdmissionResponse = {"uid": uid, "allowed": True}
     if warnings:
