@@ -20,10 +20,12 @@ Path = tuple[str | int, ...]
 
 def pointer(path: Path) -> str:
     """A JSON Pointer (RFC 6901) for a path of keys and indexes: the one place that escapes."""
-    return "".join(
-        f"/{part}" if isinstance(part, int) else "/" + part.replace("~", "~0").replace("/", "~1")
-        for part in path
-    )
+    text = ""
+    for part in path:
+        if isinstance(part, str) and ("~" in part or "/" in part):
+            part = part.replace("~", "~0").replace("/", "~1")
+        text += f"/{part}"
+    return text
 
 
 def op(name: str, path: Path, value: Any = None) -> Obj:
