@@ -89,6 +89,7 @@ class ProfileSet:
     by_launcher: Mapping[str, tuple[tuple[tuple[str, ...], Profile], ...]] = field(
         default_factory=dict
     )
+    by_image_name: Mapping[str, Profile] = field(default_factory=dict)
     # What each command line read with these profiles runs (webhook/core/commands.py).
     commands_read: dict[tuple[str, ...], Any] = field(
         default_factory=dict, compare=False, repr=False
@@ -100,16 +101,21 @@ class ProfileSet:
         executables: dict[str, Profile] = {}
         modules: dict[str, Profile] = {}
         launchers: dict[str, list[tuple[tuple[str, ...], Profile]]] = {}
+        images: dict[str, Profile] = {}
         for p in named.values():
             executables.update(dict.fromkeys(p.executables, p))
             modules.update(dict.fromkeys(p.modules, p))
             for launcher in p.launchers:
                 launchers.setdefault(launcher[0], []).append((launcher[1:], p))
+            for image in p.images:
+                images.setdefault(image, p)  # the first profile that names an image has it
+            _ = p.flag_reader  # compiled now, once, not on some pod's review
         return cls(
             named,
             executables,
             modules,
             {k: tuple(sorted(v, key=lambda e: -len(e[0]))) for k, v in launchers.items()},
+            images,
         )
 
     def get(self, name: str) -> Profile | None:
@@ -120,10 +126,7 @@ class ProfileSet:
 
     def by_image(self, repository: str) -> Profile | None:
         """The profile whose image list names this repository (registry and tag removed)."""
-        for p in self.profiles.values():
-            if repository in p.images:
-                return p
-        return None
+        return self.by_image_name.get(repository)
 
 
 GENERIC_PROFILE = Profile(GENERIC, "app", ("WEB_CONCURRENCY",))
