@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import resource
@@ -32,8 +33,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -41,17 +43,13 @@ sys.path.insert(0, str(REPO))
 from tests.servers import (  # noqa: E402
     LOOPBACK,
     Pki,
+    WebhookServer,
     admission_review,
-    clean_env,
-    cli_command,
     client_context,
-    free_port,
     gunicorn_pod,
-    stop_group,
     wait_until,
 )
 
-START_TIMEOUT = 30.0
 POST_LUA = REPO / "hack" / "bench" / "post.lua"
 
 
@@ -91,108 +89,13 @@ class Row:
 # --- a server under test ----------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    """`concurrency-injector serve` in its own process group, with settings and limits."""
-
-    pki: Pki
-    workdir: Path
-    env: dict[str, str] = field(default_factory=dict)
-    workers: int = 1
-    nofile: int | None = None
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Server:
-        self.port = free_port()
-        log = (self.workdir / f"server-{self.port}.log").open("ab")
-        # This checkout's code, whatever the installed package points at.
-        pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-        env = clean_env(CONCURRENCY_INJECTOR_LOG_FORMAT="json", WEB_CONCURRENCY=str(self.workers),
-                        PYTHONPATH=pythonpath, **self.env)
-        command = [*cli_command(), "serve", "--cert-file", str(self.pki.cert_file),
-                   "--key-file", str(self.pki.key_file), "--host", LOOPBACK,
-                   "--port", str(self.port), "--no-registry"]
-        limit = self.nofile
-
-        def limits() -> None:
-            if limit is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-        self.proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=log, start_new_session=True, preexec_fn=limits)
-        log.close()
-        if not wait_until(self.ready, timeout=START_TIMEOUT, interval=0.1):
-            self.stop()
-            raise RuntimeError(f"server did not start:\n{self.log()[-3000:]}")
-        return self
-
-    def ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()[-3000:]}")
-        try:
-            return self.get("/readyz")[0] == 200
-        except (OSError, http.client.HTTPException):
-            return False
-
-    def log(self) -> str:
-        path = self.workdir / f"server-{self.port}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    @property
-    def context(self) -> ssl.SSLContext:
-        return client_context(self.pki.ca.cert_pem)
-
-    def connection(self, timeout: float = 10.0) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection(LOOPBACK, self.port, timeout=timeout,
-                                           context=self.context)
-
-    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-        conn = self.connection(timeout)
-        try:
-            conn.request("GET", path)
-            answer = conn.getresponse()
-            return answer.status, answer.read()
-        finally:
-            conn.close()
-
-    def workers_pids(self) -> list[int]:
-        """The processes that serve: the worker, or with several workers, the children."""
-        assert self.proc is not None
-        children = _children(self.proc.pid)
-        return children if self.workers > 1 else [self.proc.pid]
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_group(self.proc, timeout=30)
-
-    def __enter__(self) -> Server:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+_SERVERS = itertools.count(1)
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    # uvicorn's workers are spawned: skip multiprocessing's resource tracker.
-    return [p for p in found if b"resource_tracker" not in _cmdline(p)]
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
+def webhook_server(pki: Pki, workdir: Path, **options: Any) -> WebhookServer:
+    """The shared harness (tests/servers.py) with this run's log file, ready on /readyz."""
+    log_file = workdir / f"server-{next(_SERVERS)}.log"
+    return WebhookServer(pki, log_file, ready_path="/readyz", **options)
 
 
 def status_kb(pid: int, key: str) -> int:
@@ -270,7 +173,7 @@ def probe_idle(pki: Pki, work: Path, size: Size) -> Row:
     """Connections that finish TLS and send nothing are closed by the first-request timeout."""
     bound = size.first_request_seconds
     env = {"CONCURRENCY_INJECTOR_FIRST_REQUEST_SECONDS": str(bound)}
-    with Server(pki, work, env=env) as server:
+    with webhook_server(pki, work, env=env) as server:
         fds_before = fd_count(server.proc.pid)  # type: ignore[union-attr]
 
         async def run() -> tuple[int, list[float | None], int]:
@@ -297,7 +200,7 @@ def probe_slowloris(pki: Pki, work: Path, size: Size) -> Row:
     """Headers one byte a second: cut off by the request read deadline."""
     bound = size.read_seconds
     env = {"CONCURRENCY_INJECTOR_REQUEST_READ_SECONDS": str(bound)}
-    with Server(pki, work, env=env) as server:
+    with webhook_server(pki, work, env=env) as server:
 
         async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       started: float) -> float | None:
@@ -336,7 +239,7 @@ def probe_fd_exhaustion(pki: Pki, work: Path, size: Size) -> Row:
     """Idle connections up to the file limit: normal requests still get through."""
     raise_own_fd_limit()
     env = {"CONCURRENCY_INJECTOR_FIRST_REQUEST_SECONDS": "120"}  # eviction, not the timer
-    with Server(pki, work, env=env, nofile=1024) as server:
+    with webhook_server(pki, work, env=env, nofile=1024) as server:
 
         async def run() -> int:
             conns = await _open_many(server.port, server.context, size.fd_connections)
@@ -355,7 +258,7 @@ def probe_fd_exhaustion(pki: Pki, work: Path, size: Size) -> Row:
                f"{opened} opened; {answered}/{tried} reviews on new connections answered", held)
 
 
-def normal_requests(server: Server, count: int = 20) -> tuple[int, int]:
+def normal_requests(server: WebhookServer, count: int = 20) -> tuple[int, int]:
     answered = 0
     for i in range(count):
         conn = server.connection(10)
@@ -370,7 +273,7 @@ def normal_requests(server: Server, count: int = 20) -> tuple[int, int]:
 
 def probe_huge_header(pki: Pki, work: Path, size: Size) -> Row:
     """One header of hundreds of MB: refused at the cap, memory barely moves."""
-    with Server(pki, work) as server:
+    with webhook_server(pki, work) as server:
         pid = server.proc.pid  # type: ignore[union-attr]
         rss_before = status_kb(pid, "VmRSS") / 1024
         hwm_before = status_kb(pid, "VmHWM") / 1024
@@ -405,7 +308,7 @@ def probe_huge_header(pki: Pki, work: Path, size: Size) -> Row:
 
 def probe_websocket(pki: Pki, work: Path, size: Size) -> Row:
     """`POST /mutate` with websocket upgrade headers is refused at once."""
-    with Server(pki, work) as server:
+    with webhook_server(pki, work) as server:
         raw = socket.create_connection((LOOPBACK, server.port), timeout=5)
         sock = server.context.wrap_socket(raw, server_hostname="localhost")
         body = review_body("ws")
@@ -457,7 +360,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _probe_stall(server: Server, body: bytes) -> tuple[float, float, int, str, float]:
+def _probe_stall(server: WebhookServer, body: bytes) -> tuple[float, float, int, str, float]:
     """Post `body` while /healthz is polled on another connection: review seconds (wall and
     the server's CPU), status, first warning, and the longest /healthz wait.
 
@@ -500,7 +403,7 @@ def _probe_stall(server: Server, body: bytes) -> tuple[float, float, int, str, f
 
 def probe_huge_review(pki: Pki, work: Path, size: Size) -> list[Row]:
     """A 3 MiB review of 32k containers, and the largest review inside the caps."""
-    with Server(pki, work) as server:
+    with webhook_server(pki, work) as server:
         body = big_review(size.review_containers)
         elapsed, cpu, status, warning, stall = _probe_stall(server, body)
         held = status == 200 and "limit" in warning and cpu < 0.3 and elapsed < 3
@@ -536,7 +439,7 @@ class ShutdownRun:
 def _shutdown_run(pki: Pki, work: Path, workers: int) -> ShutdownRun:
     """Clients the way kube-apiserver behind a Service behaves, then SIGTERM to the server."""
     result = ShutdownRun()
-    server = Server(pki, work, workers=workers).start()
+    server = webhook_server(pki, work, workers=workers).start()
     endpoint = threading.Event()  # the Service still lists this pod
     endpoint.set()
     stop = threading.Event()
@@ -663,7 +566,7 @@ def probe_soak(pki: Pki, work: Path, size: Size) -> list[Row]:
                     True)]
     rows = []
     for workers in (1, 2):
-        with Server(pki, work, workers=workers) as server:
+        with webhook_server(pki, work, workers=workers) as server:
             body_file = work / "soak.json"
             body_file.write_bytes(_bench_body())
             pids = server.workers_pids()
@@ -727,7 +630,7 @@ def _wrk(port: int, body_file: Path, distinct: str, count: int, work: Path) -> d
 
 def probe_rotation(pki: Pki, work: Path, size: Size) -> Row:
     """New handshakes from many clients while the certificate is renewed on disk."""
-    from webhook.certs import build_leaf
+    from webhook.certificates.authority import build_leaf
 
     tls_dir = work / "rotating"
     tls_dir.mkdir(exist_ok=True)
@@ -745,7 +648,7 @@ def probe_rotation(pki: Pki, work: Path, size: Size) -> Row:
     failures = Counter[str]()
     lock = threading.Lock()
     stop = threading.Event()
-    with Server(rotating, work, env=env) as server:
+    with webhook_server(rotating, work, env=env) as server:
         ctx = server.context
 
         def client() -> None:
@@ -803,7 +706,7 @@ def probe_rotation(pki: Pki, work: Path, size: Size) -> Row:
 
 def probe_tls(pki: Pki, work: Path, size: Size) -> Row:
     """Protocol versions and TLS 1.2 cipher suites the server accepts."""
-    with Server(pki, work) as server:
+    with webhook_server(pki, work) as server:
         refused = []
         for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
             ctx = _client(server, version, "ALL:@SECLEVEL=0")
@@ -821,7 +724,7 @@ def probe_tls(pki: Pki, work: Path, size: Size) -> Row:
                f"; 1.3 {'accepted' if tls13 else 'refused'}", held)
 
 
-def _client(server: Server, version: ssl.TLSVersion, ciphers: str | None) -> ssl.SSLContext:
+def _client(server: WebhookServer, version: ssl.TLSVersion, ciphers: str | None) -> ssl.SSLContext:
     ctx = client_context(server.pki.ca.cert_pem, minimum=version, maximum=version)
     if ciphers:
         ctx.set_ciphers(ciphers)

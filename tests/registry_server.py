@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from webhook.certs import KeyPair
+from webhook.certificates.authority import KeyPair
 
 REGISTRY_BINARY = "docker-registry"
 INSTALL_SCRIPT = Path(__file__).resolve().parent.parent / "hack" / "install-registry.sh"

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import math
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -20,15 +22,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 from cryptography import x509
+from kubernetes.utils import parse_quantity
 
 from tests.podgen import container
-from webhook.certs import KeyPair, build_ca, build_leaf
+from webhook.certificates.authority import KeyPair, build_ca, build_leaf
 
+ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 SERVER_NAMES = ["localhost", LOOPBACK]
 START_TIMEOUT = 30.0
@@ -62,6 +67,8 @@ def wait_until(check: Callable[[], bool], *, timeout: float, interval: float = 0
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in SCRUBBED_ENV and not k.startswith("CONCURRENCY_INJECTOR_")}
+    # The package of this tree, whichever checkout the console script was installed from.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env.update(extra)
     return env
 
@@ -216,30 +223,45 @@ def cli_command() -> list[str]:
 
 @dataclass
 class WebhookServer:
-    """`concurrency-injector serve` on a free loopback port, in its own process group."""
+    """`concurrency-injector serve` on a free loopback port, in its own process group.
+
+    The one harness for a real server, in the tests and in hack/reliability.py: `workers` sets
+    its WEB_CONCURRENCY, `nofile` its file limit, `ready_path` what it must answer before use.
+    """
 
     pki: Pki
     log_file: Path
     env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+    nofile: int | None = None
+    ready_path: str = "/healthz"
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self) -> WebhookServer:
         for _attempt in range(3):  # a free port can be taken between probe and bind
             self.port = free_port()
             command = [*cli_command(), "serve", "--cert-file", str(self.pki.cert_file),
                        "--key-file", str(self.pki.key_file), "--host", LOOPBACK,
                        "--port", str(self.port), "--no-registry"]
-            env = clean_env(CONCURRENCY_INJECTOR_LOG_FORMAT="json", **self.env)
+            env = clean_env(**{"CONCURRENCY_INJECTOR_LOG_FORMAT": "json",
+                               "WEB_CONCURRENCY": str(self.workers), **self.env})
             with self.log_file.open("ab") as log:
                 self.proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
-                                             stdout=log, stderr=log, start_new_session=True)
-            if wait_until(self._serving, timeout=START_TIMEOUT, interval=0.1):
-                return
+                                             stdout=log, stderr=log, start_new_session=True,
+                                             preexec_fn=self._limits if self.nofile else None)
+            started = wait_until(self._serving, timeout=START_TIMEOUT, interval=0.1)
+            if started and self.proc.poll() is None:
+                return self
             self.stop()
             if "address already in use" not in self.log().lower():
                 break
         raise RuntimeError(f"the webhook server did not start; its log:\n{self.log()}")
+
+    def _limits(self) -> None:
+        """In the child, before exec: the file limit the server is to run under."""
+        if self.nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def _serving(self) -> bool:
         assert self.proc is not None
@@ -247,7 +269,7 @@ class WebhookServer:
             return True  # exited: start() sees it is not healthy
         try:
             with self.client() as client:
-                return client.get("/healthz").status == 200
+                return client.get(self.ready_path).status == 200
         except (OSError, http.client.HTTPException):
             return False
 
@@ -278,13 +300,35 @@ class WebhookServer:
         except FileNotFoundError:
             return 0
 
+    @property
+    def context(self) -> ssl.SSLContext:
+        """A client context that trusts this server's test CA."""
+        return client_context(self.pki.ca.cert_pem)
+
+    def connection(self, timeout: float = REQUEST_TIMEOUT) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(LOOPBACK, self.port, timeout=timeout,
+                                           context=self.context)
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """GET on a new connection: status and body."""
+        conn = self.connection(timeout)
+        try:
+            conn.request("GET", path)
+            answer = conn.getresponse()
+            return answer.status, answer.read()
+        finally:
+            conn.close()
+
+    def workers_pids(self) -> list[int]:
+        """The processes that serve: the server itself, or with several workers, its workers."""
+        return uvicorn_workers(self.pid) if self.workers > 1 else [self.pid]
+
     def stop(self) -> None:
         if self.proc is not None:
             stop_group(self.proc)
 
     def __enter__(self) -> WebhookServer:
-        self.start()
-        return self
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -386,3 +430,58 @@ def process_group(command: list[str], *, env: Mapping[str, str], cwd: Path,
     finally:
         stop_group(proc, timeout=10)
         print(f"--- {command[0]} log ({log_file}) ---\n{log_file.read_text(errors='replace')}")
+
+
+# --- the command line, the kubelet and the runtimes ----------------------------------------
+
+
+def mutate(pod: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """The pod as `concurrency-injector mutate -o json` returns it."""
+    source = tmp_path / "pod.json"
+    source.write_bytes(orjson.dumps(pod))
+    done = subprocess.run([*cli_command(), "mutate", "-f", str(source), "-o", "json",
+                           "--no-registry"], env=clean_env(), capture_output=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    mutated: dict[str, Any] = orjson.loads(done.stdout)
+    return mutated
+
+
+def _quantity(value: str) -> Decimal:
+    return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
+
+
+def kubelet_env(pod: dict[str, Any], container_name: str) -> dict[str, str]:
+    """A container's env as the kubelet gives it: `value`s, and limits via `resourceFieldRef`."""
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    env: dict[str, str] = {}
+    for entry in containers[container_name].get("env") or []:
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+            continue
+        ref = entry["valueFrom"]["resourceFieldRef"]
+        owner = containers[ref.get("containerName") or container_name]
+        section, name = ref["resource"].split(".")
+        limit = _quantity(owner["resources"][section][name])
+        env[entry["name"]] = str(math.ceil(limit / _quantity(ref.get("divisor") or "1")))
+    return env
+
+
+def fetch(port: int) -> tuple[int, bytes]:
+    """GET / on a new connection: status and body."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+def answers(port: int, body: bytes | None = None) -> bool:
+    """The server at `port` answers GET / with 200 (and `body`, when given)."""
+    try:
+        status, data = fetch(port)
+    except (OSError, http.client.HTTPException):
+        return False
+    return status == 200 and (body is None or data == body)

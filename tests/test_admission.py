@@ -8,15 +8,15 @@ import orjson
 import pytest
 
 from tests.podgen import container, gunicorn, pod, review
-from webhook.admission import (
+from webhook.admission.handler import mutate_review
+from webhook.admission.review import (
     FAIL_OPEN_WARNING,
     ReviewError,
     fail_open,
-    mutate_review,
     parse_review,
 )
-from webhook.app import request_budget
 from webhook.config import Settings
+from webhook.serving.app import request_budget
 
 
 def response_of(r: dict[str, Any]) -> dict[str, Any]:

@@ -17,10 +17,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.podgen import container, pod, review
-from webhook.admission import FAIL_OPEN_WARNING
-from webhook.app import Webhook
+from webhook.admission.review import FAIL_OPEN_WARNING
 from webhook.config import Settings
-from webhook.types import ImageConfig
+from webhook.core.types import ImageConfig
+from webhook.serving.app import Webhook
 
 IMG = "registry.example/app:1"
 LABELLED: ImageConfig = {"labels": {"io.concurrency-injector.runtime": "gunicorn"},

@@ -6,17 +6,17 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 
 from tests.podgen import container, gunicorn, pod
-from tests.test_properties import configmaps, pods
-from webhook.cache import DecisionCache, decision_key, pod_key
+from tests.strategies import configmaps, pods
+from webhook.admission.cache import DecisionCache, decision_key, pod_key
 from webhook.config import Settings
-from webhook.mutation import Decision, decide
+from webhook.core.decision import Decision, decide
 
 
 def cached(cache: DecisionCache, p: dict[str, Any], **kw: Any) -> Decision:
     images, cms = kw.get("images", {}), kw.get("configmaps", {})
     key = pod_key(p)
     assert key is not None
-    return cache.get_or_decide(decision_key(key, images, cms), lambda: decide(p, Settings(), images=images, configmaps=cms))
+    return cache.get_or_decide(decision_key(key, images, cms), lambda: decide(p, Settings().options, images=images, configmaps=cms))
 
 
 def key(p: dict[str, Any], images: Any = None, cms: Any = None) -> bytes:
@@ -84,5 +84,5 @@ def test_a_cached_decision_equals_a_fresh_one(p: dict[str, Any], q: dict[str, An
     cache = DecisionCache(4)
     for one in (p, q, p, q):
         got = cached(cache, one, configmaps=cms)
-        fresh = decide(one, Settings(), configmaps=cms)
+        fresh = decide(one, Settings().options, configmaps=cms)
         assert (got.patch, got.warnings, got.containers) == (fresh.patch, fresh.warnings, fresh.containers)

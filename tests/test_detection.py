@@ -4,12 +4,9 @@ import pytest
 
 from tests.podgen import container, pod
 from webhook.config import Settings
-from webhook.detection import (
-    find_server,
-    images_to_resolve,
-    select_targets,
-)
-from webhook.types import ImageConfig
+from webhook.core.commands import find_server
+from webhook.core.detection import images_to_resolve, select_targets
+from webhook.core.types import ImageConfig
 
 PROFILES = Settings().profiles()
 

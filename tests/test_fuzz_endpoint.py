@@ -33,10 +33,10 @@ from hypothesis import strategies as st
 
 from tests.podgen import gunicorn, pod, review
 from tests.servers import Pki, WebhookServer
-from tests.test_properties import crowded_pods
-from webhook.admission import FAIL_OPEN_WARNING
-from webhook.app import Webhook
+from tests.strategies import crowded_pods
+from webhook.admission.review import FAIL_OPEN_WARNING
 from webhook.config import Settings
+from webhook.serving.app import Webhook
 
 MAX_ERROR_BYTES = 2048  # a 4xx body names the problem; it does not echo megabytes of input
 ALLOWED = re.compile(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from webhook.imageref import ImageRef, InvalidReference, parse
+from webhook.registry.imageref import ImageRef, InvalidReference, parse
 
 DIGEST = "sha256:" + "ab" * 32
 

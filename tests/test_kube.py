@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from webhook.admission.types import EnvSourceReader
 from webhook.config import Settings
 from webhook.kube import ConfigMapReader
-from webhook.types import EnvSourceReader
 from webhook.wiring import in_cluster_problem
 
 NAMESPACE = "shop"

@@ -1,4 +1,4 @@
-"""Work caps per review (webhook/limits.py), on raw review JSON."""
+"""Work caps per review (webhook/admission/caps.py), on raw review JSON."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from webhook.admission.caps import OverLimit, over_limit
 from webhook.config import Settings
-from webhook.limits import OverLimit, over_limit
 
 SETTINGS = Settings(max_containers=4, max_env_entries=10, max_annotation_bytes=100)
 
@@ -54,7 +54,7 @@ async def test_pod_over_a_cap_is_admitted_unchanged_and_counted() -> None:
 
     from tests.podgen import container, review
     from tests.podgen import pod as make_pod
-    from webhook.app import Webhook
+    from webhook.serving.app import Webhook
 
     app = Webhook(Settings(max_containers=2))
     body = review(make_pod(*(container(f"c{i}", command=["gunicorn", "a"]) for i in range(3))),

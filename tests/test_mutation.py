@@ -9,7 +9,7 @@ import pytest
 
 from tests.podgen import container, cpu_limit_env, gunicorn, pod
 from webhook.config import Settings
-from webhook.mutation import configmaps_to_read, decide
+from webhook.core.decision import configmaps_to_read, decide
 
 STATUS = "concurrency-injector.io/status"
 
@@ -23,7 +23,7 @@ def env_of(p: dict[str, Any], name: str = "web") -> list[dict[str, Any]] | None:
 
 
 def applied(p: dict[str, Any], settings: Settings | None = None, **kw: Any) -> dict[str, Any]:
-    decision = decide(p, settings or Settings(), **kw)
+    decision = decide(p, (settings or Settings()).options, **kw)
     return jsonpatch.apply_patch(p, decision.patch)  # type: ignore[no-any-return]
 
 
@@ -36,7 +36,7 @@ def pcc(value: str) -> dict[str, str]:
 
 
 def test_exact_patch_for_a_gunicorn_pod() -> None:
-    decision = decide(pod(gunicorn(cpu="1500m")), Settings())
+    decision = decide(pod(gunicorn(cpu="1500m")), Settings().options)
     status = {
         "web": {
             "cpu": "1.5",
@@ -64,7 +64,7 @@ def test_exact_patch_for_a_gunicorn_pod() -> None:
 
 def test_env_is_appended_after_user_env_and_annotations_kept() -> None:
     p = pod(gunicorn(cpu="4", env=[{"name": "A", "value": "1"}]), annotations={"team": "x"})
-    decision = decide(p, Settings())
+    decision = decide(p, Settings().options)
     assert decision.patch[0] == {
         "op": "add",
         "path": "/metadata/annotations/concurrency-injector.io~1status",
@@ -136,7 +136,7 @@ def test_exact_env(
 
 def test_no_cpu_limit_warns_and_injects_nothing() -> None:
     p = pod(gunicorn(cpu=None))
-    decision = decide(p, Settings())
+    decision = decide(p, Settings().options)
     out = jsonpatch.apply_patch(p, decision.patch)
     assert env_of(out) is None
     assert decision.warnings == ["container 'web' has no CPU limit; nothing injected"]
@@ -151,14 +151,14 @@ def test_no_cpu_limit_warns_and_injects_nothing() -> None:
 
 
 def test_non_target_pod_gets_no_patch() -> None:
-    decision = decide(pod(container("redis", command=["redis-server"])), Settings())
+    decision = decide(pod(container("redis", command=["redis-server"])), Settings().options)
     assert (decision.patch, decision.warnings, decision.reason) == ([], [], "no-target")
 
 
 def test_opted_out_pod_gets_no_patch() -> None:
     p = pod(gunicorn(), annotations={"concurrency-injector.io/inject": "false"})
-    assert decide(p, Settings()).reason == "opted-out"
-    assert decide(p, Settings()).patch == []
+    assert decide(p, Settings().options).reason == "opted-out"
+    assert decide(p, Settings().options).patch == []
 
 
 @pytest.mark.parametrize(
@@ -258,7 +258,7 @@ def test_env_from(
     warnings: list[str],
 ) -> None:
     p = pod(gunicorn(cpu="2", envFrom=env_from))
-    decision = decide(p, Settings(), configmaps=configmaps)
+    decision = decide(p, Settings().options, configmaps=configmaps)
     assert env_of(jsonpatch.apply_patch(p, decision.patch)) == expected_env
     assert decision.warnings == warnings
 
@@ -268,7 +268,7 @@ def test_memory_guard_caps_and_warns() -> None:
         gunicorn(cpu="8", memory="1Gi"),
         annotations={"concurrency-injector.io/memory-per-worker": "300Mi"},
     )
-    decision = decide(p, Settings())
+    decision = decide(p, Settings().options)
     assert env_of(jsonpatch.apply_patch(p, decision.patch))[0] == wc("3")  # type: ignore[index]
     assert decision.warnings == [
         "container 'web': memory limit caps WEB_CONCURRENCY at 3 (memory-per-worker)"
@@ -299,19 +299,19 @@ def test_listed_init_container_gets_env() -> None:
 
 
 def test_audit_mode_patches_nothing_and_says_what_it_would_set() -> None:
-    decision = decide(pod(gunicorn(cpu="2")), Settings(mode="audit"))
+    decision = decide(pod(gunicorn(cpu="2")), Settings(mode="audit").options)
     assert decision.patch == []
     assert decision.audit
     assert decision.warnings == [
         "audit: would set WEB_CONCURRENCY=2, CPU_LIMIT=limits.cpu, PYTHON_CPU_COUNT=2 in 'web'"
     ]
     narrowed = decide(
-        pod(gunicorn(), annotations={"concurrency-injector.io/mode": "audit"}), Settings()
+        pod(gunicorn(), annotations={"concurrency-injector.io/mode": "audit"}), Settings().options
     )
     assert (narrowed.patch, narrowed.audit) == ([], True)
     widened = decide(
         pod(gunicorn(), annotations={"concurrency-injector.io/mode": "enforce"}),
-        Settings(mode="audit"),
+        Settings(mode="audit").options,
     )
     assert (widened.patch, widened.audit) == ([], True)
 
@@ -333,7 +333,7 @@ def test_audit_mode_patches_nothing_and_says_what_it_would_set() -> None:
 )
 def test_second_pass_changes_nothing(p: dict[str, Any]) -> None:
     once = applied(p, Settings(resize_restart=True))
-    assert decide(once, Settings(resize_restart=True)).patch == []
+    assert decide(once, Settings(resize_restart=True).options).patch == []
 
 
 def test_reinvocation_after_another_webhook_changed_the_limit_updates_in_place() -> None:
@@ -358,7 +358,7 @@ def test_reinvocation_removes_own_env_when_the_limit_went_away() -> None:
 def test_warnings_are_at_most_120_characters() -> None:
     long_name = "c" * 63
     p = pod(gunicorn(long_name, cpu=None, args=["-w", "9" * 80, "--threads", "8" * 80]))
-    warnings = decide(p, Settings()).warnings
+    warnings = decide(p, Settings().options).warnings
     assert len(warnings) == 3
     assert all(len(w) <= 120 for w in warnings)
     assert all(w.endswith("…") for w in warnings[1:])
@@ -379,7 +379,7 @@ def test_configmaps_to_read() -> None:
 def test_original_pod_is_never_modified() -> None:
     p = pod(gunicorn(cpu="2", env=[{"name": "A", "value": "1"}]), annotations={"x": "y"})
     before = json.dumps(p, sort_keys=True)
-    decide(p, Settings(resize_restart=True))
+    decide(p, Settings(resize_restart=True).options)
     assert json.dumps(p, sort_keys=True) == before
 
 
@@ -397,7 +397,7 @@ def test_status_annotation_patch_applies_whatever_annotations_hold(
 ) -> None:
     p = pod(gunicorn(cpu="2"))
     p["metadata"]["annotations"] = annotations
-    decision = decide(p, Settings())
+    decision = decide(p, Settings().options)
     assert decision.patch[0]["op"] == expected_op
     out = jsonpatch.apply_patch(p, decision.patch)
     assert STATUS in out["metadata"]["annotations"]
@@ -418,7 +418,7 @@ def test_containers_sharing_identical_env_are_edited_in_place() -> None:
         gunicorn("app-1", cpu=None, image="img-1", env=[dict(log_level)]),
         gunicorn("app-2", image="img-2", env=[dict(log_level)]),
     )
-    decision = decide(p, Settings())
+    decision = decide(p, Settings().options)
     assert [(o["op"], o["path"]) for o in decision.patch] == [
         ("add", "/metadata/annotations"),
         ("add", "/spec/containers/0/env/1"),
@@ -450,16 +450,16 @@ def test_status_annotation_creates_missing_metadata(metadata: Any, expected: tup
         del p["metadata"]
     else:
         p["metadata"] = metadata
-    decision = decide(p, Settings())
+    decision = decide(p, Settings().options)
     assert (decision.patch[0]["op"], decision.patch[0]["path"]) == expected
     out = jsonpatch.apply_patch(p, decision.patch)
     assert STATUS in out["metadata"]["annotations"]
-    assert decide(out, Settings()).patch == []
+    assert decide(out, Settings().options).patch == []
 
 
 def test_env_from_secret_with_set_setting_sets_the_worker_variable_and_says_so() -> None:
     p = pod(gunicorn(cpu="2", envFrom=[{"secretRef": {"name": "app"}}]))
-    decision = decide(p, Settings(env_from_unknown="set"), configmaps={})
+    decision = decide(p, Settings(env_from_unknown="set").options, configmaps={})
     assert env_of(jsonpatch.apply_patch(p, decision.patch)) == [wc("2"), cpu_limit_env("web"), pcc("2")]
     assert decision.warnings == [
         "'web': envFrom Secret 'app' not read; WEB_CONCURRENCY, CPU_LIMIT, PYTHON_CPU_COUNT set over it"

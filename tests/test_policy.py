@@ -3,15 +3,17 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.podgen import container, gunicorn, pod
 from webhook.config import Settings
-from webhook.detection import ServerCommand
-from webhook.policy import (
+from webhook.core.commands import ServerCommand
+from webhook.core.flags import FlagReader, flag_warnings
+from webhook.core.workers import (
     CpuLimit,
     WorkerPolicy,
     cpu_limit,
-    flag_warnings,
     pod_policy,
     python_cpu_count,
     worker_count,
@@ -154,7 +156,7 @@ def test_cpu_limit(
 def test_pod_policy_annotations_override_and_bad_ones_warn() -> None:
     settings = Settings(workers_per_cpu=Decimal(2), max_workers=8)
     pol, warnings = pod_policy(
-        settings,
+        settings.options,
         {
             "concurrency-injector.io/workers-per-cpu": "1.5",
             "concurrency-injector.io/min-workers": "2",
@@ -170,12 +172,17 @@ def test_pod_policy_annotations_override_and_bad_ones_warn() -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("workers-per-cpu", "1e400"), ("workers-per-cpu", "101"), ("max-workers", "5000"),
-     ("min-workers", "0"), ("memory-per-worker", "0")],
+    [
+        ("workers-per-cpu", "1e400"),
+        ("workers-per-cpu", "101"),
+        ("max-workers", "5000"),
+        ("min-workers", "0"),
+        ("memory-per-worker", "0"),
+    ],
     ids=["huge-per-cpu", "per-cpu-over-bound", "max-over-bound", "min-zero", "memory-zero"],
 )
 def test_out_of_bounds_annotations_are_ignored_with_a_warning(key: str, value: str) -> None:
-    pol, warnings = pod_policy(Settings(), {f"concurrency-injector.io/{key}": value})
+    pol, warnings = pod_policy(Settings().options, {f"concurrency-injector.io/{key}": value})
     assert pol == WorkerPolicy(Decimal(1), 1, None, None, "floor")
     assert warnings == [f"concurrency-injector.io/{key}={value!r} is not valid; using the default"]
 
@@ -186,7 +193,7 @@ def test_worker_count_is_bounded_whatever_the_limit() -> None:
 
 def test_pod_policy_min_above_max_uses_max() -> None:
     pol, warnings = pod_policy(
-        Settings(),
+        Settings().options,
         {
             "concurrency-injector.io/min-workers": "6",
             "concurrency-injector.io/max-workers": "4",
@@ -224,3 +231,50 @@ def test_pod_policy_min_above_max_uses_max() -> None:
 )
 def test_flag_warnings(args: tuple[str, ...], env: dict[str, str], expected: list[str]) -> None:
     assert flag_warnings("web", GUNICORN_PROFILE, ServerCommand("gunicorn", args), env) == expected
+
+
+def option(args: tuple[str, ...], flag: str) -> str | None:
+    """The reference reading of one option (`-w 4`, `-w4`, `--workers 4`, `--workers=4`)."""
+    short = not flag.startswith("--")
+    for i, arg in enumerate(args):
+        if arg == flag:
+            return args[i + 1] if i + 1 < len(args) else "?"
+        if arg.startswith(flag + "="):
+            return arg[len(flag) + 1 :]
+        if short and arg.startswith(flag) and not arg.startswith("--") and len(arg) > len(flag):
+            return arg[len(flag) :]
+    return None
+
+
+FLAG_SETS = [("-w", "--workers", "-c", "--config", "--threads"), ("-p", "--processes", "-pp")]
+words = st.sampled_from(
+    [
+        "-w",
+        "-w4",
+        "-w=2",
+        "--workers",
+        "--workers=3",
+        "--workers-x",
+        "-c",
+        "--config=a.py",
+        "4",
+        "--threads",
+        "-p",
+        "-pp",
+        "-pp7",
+        "--processes=2",
+        "app:app",
+        "--",
+        "-",
+        "-x",
+    ]
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(args=st.lists(words, max_size=8).map(tuple), flags=st.sampled_from(FLAG_SETS))
+def test_the_compiled_reader_reads_each_flag_as_the_reference(
+    args: tuple[str, ...], flags: tuple[str, ...]
+) -> None:
+    found = FlagReader(flags).read(args)
+    assert {f: v for f in flags if (v := option(args, f)) is not None} == found

@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 from tests.podgen import container, pod
-from webhook import profiles
 from webhook.config import ConfigError, Settings
-from webhook.detection import Branches, ServerCommand, read_command, select_targets
-from webhook.mutation import decide
+from webhook.core import profiles
+from webhook.core.commands import Branches, ServerCommand, read_command
+from webhook.core.decision import decide
+from webhook.core.detection import select_targets
 
 PACKAGE = Path(profiles.__file__).parent
 PROFILES = Settings().profiles()
@@ -51,7 +52,7 @@ def test_a_user_profile_for_an_in_house_launcher() -> None:
                          "env": ["ACME_WORKERS"], "flags": ["--procs"]}])
     settings = Settings.from_env({"CONCURRENCY_INJECTOR_EXTRA_PROFILES": extra})
     p = pod(container(command=["acme", "--verbose", "serve", "--procs", "3"], cpu="2"))
-    decision = decide(p, settings)
+    decision = decide(p, settings.options)
     assert decision.containers[0].set == {
         "ACME_WORKERS": "2", "CPU_LIMIT": "limits.cpu", "PYTHON_CPU_COUNT": "2"}
     assert decision.warnings == ["container 'web': --procs 3 in args overrides ACME_WORKERS"]
@@ -59,7 +60,7 @@ def test_a_user_profile_for_an_in_house_launcher() -> None:
 
 def test_disabled_runtime_is_never_a_target_and_an_unknown_name_stops_start_up() -> None:
     settings = Settings.from_env({"CONCURRENCY_INJECTOR_DISABLED_PROFILES": "celery"})
-    assert decide(pod(container(command=["celery", "-A", "p", "worker"])), settings).patch == []
+    assert decide(pod(container(command=["celery", "-A", "p", "worker"])), settings.options).patch == []
     with pytest.raises(ConfigError, match="no profile named nope"):
         Settings.from_env({"CONCURRENCY_INJECTOR_DISABLED_PROFILES": "nope"})
 
@@ -153,7 +154,7 @@ ENV: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
 def test_each_runtime_gets_its_own_variable(
     c: dict[str, Any], workers: dict[str, str], warnings: list[str]
 ) -> None:
-    decision = decide(pod(c), Settings())
+    decision = decide(pod(c), Settings().options)
     got = {k: v for r in decision.containers for k, v in r.set.items()
            if k not in ("CPU_LIMIT", "PYTHON_CPU_COUNT")}
     assert got == workers
@@ -164,14 +165,14 @@ def test_uvicorn_run_app_object_is_capped_at_one_worker_unless_opted_in() -> Non
     """`uvicorn.run(app)` exits when workers > 1 (uvicorn/main.py): never crash-loop a pod."""
     labelled = pod(container(command=["python", "main.py"], cpu="4"),
                    annotations={"concurrency-injector.io/runtime": "uvicorn"})
-    decision = decide(labelled, Settings())
+    decision = decide(labelled, Settings().options)
     assert decision.containers[0].set["WEB_CONCURRENCY"] == "1"
     assert "not run by its CLI" in decision.warnings[0]
     labelled["metadata"]["annotations"]["concurrency-injector.io/multi-worker"] = "true"
-    assert decide(labelled, Settings()).containers[0].set["WEB_CONCURRENCY"] == "4"
+    assert decide(labelled, Settings().options).containers[0].set["WEB_CONCURRENCY"] == "4"
     cli = pod(container(command=["uvicorn", "main:app"], cpu="4"),
               annotations={"concurrency-injector.io/runtime": "uvicorn"})
-    assert decide(cli, Settings()).containers[0].set["WEB_CONCURRENCY"] == "4"
+    assert decide(cli, Settings().options).containers[0].set["WEB_CONCURRENCY"] == "4"
 
 
 def test_undecided_script_is_recorded_in_the_status_and_not_guessed() -> None:
@@ -183,7 +184,7 @@ def test_undecided_script_is_recorded_in_the_status_and_not_guessed() -> None:
         "container 'web' runs celery or gunicorn by its arguments: not a target; "
         "name it in concurrency-injector.io/containers"
     ]
-    decision = decide(p, Settings())
+    decision = decide(p, Settings().options)
     assert decision.containers[0].set == {}
     assert decision.containers[0].skipped == "runs celery or gunicorn by its arguments; not decided"
     assert len(decision.patch) == 1  # the status annotation only

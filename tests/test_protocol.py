@@ -1,4 +1,4 @@
-"""Connection bounds and shutdown of the real server (webhook/protocol.py, webhook/shutdown.py).
+"""Connection bounds and shutdown of the real server (webhook/serving/protocol.py, webhook/serving/shutdown.py).
 
 A server with short bounds (1 s to the first request, 1.5 s to read one, 3 connections) runs
 as a subprocess; each test opens raw TLS sockets to it, so it can send what no HTTP client
@@ -39,11 +39,6 @@ BOUNDS = {
     "CONCURRENCY_INJECTOR_MAX_HEADERS": "20",
     "CONCURRENCY_INJECTOR_DRAIN_SECONDS": "1",
 }
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki.create(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

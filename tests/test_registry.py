@@ -20,11 +20,9 @@ from tests.registry_server import (
     TokenIssuer,
     docker_config,
 )
-from webhook import registry_fetch
-from webhook.registry import RegistryResolver
-from webhook.types import ImageConfig
-
-pytest_plugins = ["tests.conftest_registry"]
+from webhook.core.types import ImageConfig
+from webhook.registry import fetch as registry_fetch
+from webhook.registry.resolver import RegistryResolver
 
 BUDGET = 2.0
 RUNTIME_LABEL = "io.concurrency-injector.runtime"

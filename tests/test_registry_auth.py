@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from webhook.registry import RegistryResolver
-from webhook.registry_auth import (
+from webhook.core.types import ImageConfig
+from webhook.registry.auth import (
     Challenge,
     Credentials,
     CredentialStore,
@@ -22,7 +22,7 @@ from webhook.registry_auth import (
     parse_docker_config,
     registry_key,
 )
-from webhook.registry_fetch import (
+from webhook.registry.fetch import (
     DOCKER_MANIFEST,
     OCI_INDEX,
     LookupFailed,
@@ -30,7 +30,7 @@ from webhook.registry_fetch import (
     parse_image_config,
     select_platform,
 )
-from webhook.types import ImageConfig
+from webhook.registry.resolver import RegistryResolver
 
 
 def b64(text: str) -> str:

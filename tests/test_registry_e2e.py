@@ -31,7 +31,6 @@ from tests.servers import (
     wait_until,
 )
 
-pytest_plugins = ["tests.conftest_registry"]
 LABEL = "io.concurrency-injector.runtime"
 
 

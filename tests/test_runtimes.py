@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import http.client
-import math
 import os
 import statistics
 import subprocess
@@ -20,23 +19,24 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from kubernetes.utils import parse_quantity
 
 from tests.servers import (
     LOOPBACK,
+    answers,
     children,
     clean_env,
-    cli_command,
     cmdline,
     environ_of,
+    fetch,
     free_port,
     gunicorn_pod,
+    kubelet_env,
+    mutate,
     process_group,
     uvicorn_workers,
     wait_until,
@@ -81,38 +81,6 @@ async def app(scope, receive, send):
 # --- the webhook's env, as the kubelet would resolve it ------------------------------------------
 
 
-def mutate(pod: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
-    """The pod as `concurrency-injector mutate -o json` returns it."""
-    source = tmp_path / "pod.json"
-    source.write_bytes(orjson.dumps(pod))
-    done = subprocess.run([*cli_command(), "mutate", "-f", str(source), "-o", "json",
-                           "--no-registry"], env=clean_env(), capture_output=True, timeout=60,
-                          check=False)
-    assert done.returncode == 0, done.stderr.decode()
-    mutated: dict[str, Any] = orjson.loads(done.stdout)
-    return mutated
-
-
-def _quantity(value: str) -> Decimal:
-    return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
-
-
-def kubelet_env(pod: dict[str, Any], container_name: str) -> dict[str, str]:
-    """A container's env as the kubelet gives it: `value`s, and limits via `resourceFieldRef`."""
-    containers = {c["name"]: c for c in pod["spec"]["containers"]}
-    env: dict[str, str] = {}
-    for entry in containers[container_name].get("env") or []:
-        if "value" in entry:
-            env[entry["name"]] = entry["value"]
-            continue
-        ref = entry["valueFrom"]["resourceFieldRef"]
-        owner = containers[ref.get("containerName") or container_name]
-        section, name = ref["resource"].split(".")
-        limit = _quantity(owner["resources"][section][name])
-        env[entry["name"]] = str(math.ceil(limit / _quantity(ref.get("divisor") or "1")))
-    return env
-
-
 # --- running a server -------------------------------------------------------------------------
 
 
@@ -140,31 +108,11 @@ GUNICORN = Runtime("gunicorn", WSGI_APP, ["gunicorn", "--bind", "0.0.0.0:8000", 
 UVICORN = Runtime("uvicorn", ASGI_APP, ["uvicorn", "app:app", "--host", "0.0.0.0"])
 
 
-def fetch(port: int) -> tuple[int, bytes]:
-    """GET / on a new connection: status and body."""
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
-    try:
-        conn.request("GET", "/")
-        answer = conn.getresponse()
-        return answer.status, answer.read()
-    finally:
-        conn.close()
-
-
 def get(port: int) -> dict[str, Any]:
     status, body = fetch(port)
     assert status == 200, body
     data: dict[str, Any] = orjson.loads(body)
     return data
-
-
-def answers(port: int, body: bytes | None = None) -> bool:
-    """The server at `port` answers GET / with 200 (and `body`, when given)."""
-    try:
-        status, data = fetch(port)
-    except (OSError, http.client.HTTPException):
-        return False
-    return status == 200 and (body is None or data == body)
 
 
 @contextlib.contextmanager

@@ -34,17 +34,19 @@ import pytest
 
 from tests.servers import (
     LOOPBACK,
+    answers,
     children,
     clean_env,
     cmdline,
     environ_of,
     free_port,
     gunicorn_pod,
+    kubelet_env,
+    mutate,
     process_group,
     uvicorn_workers,
     wait_until,
 )
-from tests.test_runtimes import answers, kubelet_env, mutate
 
 pytestmark = pytest.mark.slow
 

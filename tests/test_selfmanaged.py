@@ -31,8 +31,9 @@ from cryptography import x509
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from webhook import certs, selfmanaged
-from webhook.selfmanaged import Material, Target, decode_secret, encode_secret, plan
+from webhook.certificates import authority as certs
+from webhook.certificates import selfmanaged
+from webhook.certificates.selfmanaged import Material, Target, decode_secret, encode_secret, plan
 
 NAMESPACE = "injector-system"
 SERVICE = "ci-concurrency-injector"

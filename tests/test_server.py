@@ -48,7 +48,7 @@ from tests.servers import (
     uvicorn_workers,
     wait_until,
 )
-from webhook.certs import KeyPair, build_ca, build_leaf
+from webhook.certificates.authority import KeyPair, build_ca, build_leaf
 
 STATUS = "concurrency-injector.io/status"
 MAX_BODY = 4 * 1024 * 1024
@@ -77,11 +77,6 @@ GUNICORN_PATCH = [
 
 
 # --- fixtures and helpers -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki.create(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
@@ -450,7 +445,7 @@ def test_three_mib_review_is_accepted(client: Client) -> None:
     """kube-apiserver accepts objects up to 3 MiB, so the cap must let such a review through.
 
     The bulk is in a field the webhook does not read: annotations over 256 KiB are past a work
-    cap (webhook/limits.py; the API server's validation refuses them after admission anyway).
+    cap (webhook/admission/caps.py; the API server's validation refuses them after admission anyway).
     """
     pod = gunicorn_pod(annotations={"example.com/blob": "x" * (200 * 1024)})
     pod["spec"]["containers"][0]["workingDir"] = "/" + "x" * (3 * 1024 * 1024 - 200 * 1024)

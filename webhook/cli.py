@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import sys
 from collections.abc import Sequence
@@ -14,20 +13,14 @@ import jsonpatch
 import orjson
 import yaml
 
-from webhook import __version__, admission, logs, server, wiring
+from webhook import __version__, logs, wiring
+from webhook.admission.handler import AdmissionHandler, Answer
+from webhook.admission.review import ReviewError, pod_create_review
 from webhook.config import ConfigError, Settings, env_name
-from webhook.detection import images_to_resolve
-from webhook.mutation import decide
-from webhook.patch import prefixed
-from webhook.types import ImageConfig, Obj
-from webhook.workloads import (
-    InputError,
-    configmap_keys,
-    configmaps_for,
-    namespace_of,
-    pod_slots,
-    review_pod,
-)
+from webhook.core.patch import prefixed
+from webhook.core.types import Obj
+from webhook.serving import server
+from webhook.workloads import DocumentConfigMaps, InputError, namespace_of, pod_slots
 
 EXIT_INPUT = 2
 
@@ -180,56 +173,44 @@ async def mutate_documents(
 ) -> list[tuple[Any, Any, list[Obj]]]:
     """(original, result, patch) per document; result is the mutated object or a response review.
 
-    The patch of a document is the patches of its pods, each moved under the pod's path, so the
-    document is patched exactly as the webhook would patch each of its pods.
+    Every pod goes to the webhook's own handler as the Pod CREATE review the API server would
+    send, so `mutate` answers exactly as the server would, its work caps included. The patch of
+    a document is the patches of its pods, each moved under the pod's path.
     """
-    resolver = wiring.resolver(settings)
-    known = configmap_keys(documents)  # ConfigMaps in the input answer envFrom questions
+    handler = AdmissionHandler(
+        settings,
+        resolver=wiring.resolver(settings),
+        env_reader=DocumentConfigMaps(documents),  # ConfigMaps in the input answer envFrom
+        record=False,
+    )
     try:
         results = []
         for n, document in enumerate(documents, 1):
             where = f"document {n}"
             if isinstance(document, dict) and document.get("kind") == "AdmissionReview":
-                response = await _review(document, settings, resolver, where, stderr)
-                encoded = response["response"].get("patch")
-                patch = orjson.loads(base64.b64decode(encoded)) if encoded else []
-                results.append((document, response, patch))
+                answer = await _handle(handler, document, where=where)
+                _warn(stderr, where, answer.warnings)
+                results.append((document, answer.review(), answer.patch))
                 continue
             patch = []
             for slot in list(pod_slots(document, where=where)):
-                images = await _images(slot.pod, settings, resolver)
                 namespace = namespace_of(document) or namespace_of(slot.pod)
-                configmaps = configmaps_for(known, namespace)
-                decision = decide(slot.pod, settings, images=images, configmaps=configmaps)
-                _warn(stderr, where, decision.warnings)
-                patch += prefixed(decision.patch, slot.path)
+                review = pod_create_review(slot.pod, namespace=namespace, uid=f"mutate-{n}")
+                answer = await _handle(handler, review, where=f"{where}: {slot.owner}")
+                _warn(stderr, where, answer.warnings)
+                patch += prefixed(answer.patch, slot.path)
             mutated = jsonpatch.apply_patch(document, patch) if patch else document
             results.append((document, mutated, patch))
         return results
     finally:
-        if resolver is not None:
-            await resolver.aclose()
+        await handler.aclose()
 
 
-async def _images(pod: Obj, settings: Settings, resolver: Any) -> dict[str, ImageConfig]:
-    refs = images_to_resolve(pod, settings.profiles())
-    if resolver is None or not refs:
-        return {}
-    found: dict[str, ImageConfig] = await resolver.resolve(refs, timeout=settings.registry_timeout)
-    return found
-
-
-async def _review(
-    document: Obj, settings: Settings, resolver: Any, where: str, stderr: TextIO
-) -> Any:
-    pod = review_pod(document, where=where)
-    images = await _images(pod, settings, resolver) if isinstance(pod, dict) else {}
+async def _handle(handler: AdmissionHandler, review: Obj, *, where: str) -> Answer:
     try:
-        response = admission.mutate_review(document, settings, images=images)
-    except admission.ReviewError as exc:
+        return await handler.handle(review)
+    except ReviewError as exc:
         raise InputError(f"{where}: {exc}") from None
-    _warn(stderr, where, response["response"].get("warnings") or [])
-    return response
 
 
 def _warn(stderr: TextIO, where: str, warnings: list[str]) -> None:

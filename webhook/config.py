@@ -9,28 +9,30 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from decimal import Decimal, InvalidOperation
-from typing import Any, Literal, TypeVar, cast
+from decimal import Decimal
+from functools import cached_property
+from typing import Literal, TypeVar, cast
 
-from kubernetes.utils import parse_quantity
+from webhook.core import profiles
+from webhook.core.keys import ENV_PREFIX
+from webhook.core.options import (
+    ENV_FROM_UNKNOWN,
+    MODES,
+    ROUNDINGS,
+    EnvFromUnknown,
+    Options,
+    Policy,
+    parse_positive_quantity,
+    parse_worker_count,
+    parse_workers_per_cpu,
+    positive_int,
+)
+from webhook.core.profiles import ProfileError, ProfileSet
 
-from webhook import profiles
-from webhook.keys import ENV_PREFIX
-from webhook.profiles import ProfileError, ProfileSet
-
-Mode = Literal["enforce", "audit"]
-Rounding = Literal["floor", "ceil", "round"]
 LogFormat = Literal["json", "text", "auto"]
-EnvFromUnknown = Literal["skip", "set"]
 
-MODES: tuple[Mode, ...] = ("enforce", "audit")
-ROUNDINGS: tuple[Rounding, ...] = ("floor", "ceil", "round")
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text", "auto")
-ENV_FROM_UNKNOWN: tuple[EnvFromUnknown, ...] = ("skip", "set")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# Past these a value is a typo, not a plan (pod annotations are held to them too).
-MAX_WORKERS_PER_CPU = 100
-MAX_WORKER_COUNT = 4096
 # Seconds: a serving certificate shorter-lived than this would be renewed before it is served.
 MIN_CERT_LIFETIME = 60
 TRUE = ("1", "true", "yes", "on")
@@ -44,19 +46,14 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Everything the server and the CLI are configured with. Defaults follow the SPEC."""
+class Settings(Policy):
+    """Everything the server and the CLI are configured with. Defaults follow the SPEC.
 
-    # Policy.
-    mode: Mode = "enforce"
-    rounding: Rounding = "floor"
-    workers_per_cpu: Decimal = Decimal(1)
-    min_workers: int = 1
-    max_workers: int | None = None
-    memory_per_worker: Decimal | None = None
-    resize_restart: bool = False
-    python_cpu_count: bool = True
-    # Runtime profiles (webhook/profiles.py): more or replaced ones (YAML or JSON), names off.
+    The policy fields come from `webhook.core.options.Policy`; the decision sees them, with the
+    active profiles, as `options`.
+    """
+
+    # Runtime profiles (webhook/core/profiles.py): more or replaced ones (YAML or JSON), names off.
     extra_profiles: str = ""
     disabled_profiles: tuple[str, ...] = ()
     # The worker variable of a container whose envFrom Secret (or unreadable ConfigMap) might
@@ -81,7 +78,7 @@ class Settings:
     cert_reload_seconds: float = 10.0
     log_level: str = "info"
     log_format: LogFormat = "auto"
-    # Connection bounds, per worker (webhook/protocol.py).
+    # Connection bounds, per worker (webhook/serving/protocol.py).
     max_connections: int = 1000
     first_request_seconds: float = 10.0
     request_read_seconds: float = 10.0
@@ -91,7 +88,8 @@ class Settings:
     # this long for in-flight reviews.
     drain_seconds: float = 2.0
     shutdown_timeout: float = 10.0
-    # Work per review: past these the pod is admitted unchanged with a warning (webhook/limits.py).
+    # Work per review: past these the pod is admitted unchanged with a warning
+    # (webhook/admission/caps.py).
     max_containers: int = 100
     max_env_entries: int = 5000
     max_annotation_bytes: int = 256 * 1024
@@ -161,6 +159,11 @@ class Settings:
         """The active runtime profiles (built once per distinct setting)."""
         return profiles.active(self.extra_profiles, self.disabled_profiles)
 
+    @cached_property
+    def options(self) -> Options:
+        """What the decision reads of these settings (webhook/core/options.py)."""
+        return Options.of(self, self.profiles())
+
 
 def env_name(field_name: str) -> str:
     """The environment variable behind a settings field."""
@@ -189,57 +192,11 @@ def _choice(choices: tuple[T, ...]) -> Callable[[str], T]:
     return parse
 
 
-def quantity(value: Any) -> Decimal:
-    """A Kubernetes quantity as a Decimal, with the official client's parser.
-
-    The parser takes "NaN" and "Infinity" as Decimal does; no quantity is either.
-    """
-    parsed = Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
-    if not parsed.is_finite():
-        raise ValueError(f"{value!r} is not a finite quantity")
-    return parsed
-
-
-# The bounded parsers below serve both the server's settings and the pod annotations that
-# override them; a ValueError's message says what was expected.
-
-
-def parse_workers_per_cpu(raw: str) -> Decimal:
-    try:
-        value = Decimal(raw)
-    except InvalidOperation:
-        raise ValueError("expected a number") from None
-    if not value.is_finite() or not 0 < value <= MAX_WORKERS_PER_CPU:
-        raise ValueError(f"expected a number above 0 and at most {MAX_WORKERS_PER_CPU}")
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("expected a whole number of at least 1")
-    return value
-
-
-def parse_worker_count(raw: str) -> int:
-    value = _positive_int(raw)
-    if value > MAX_WORKER_COUNT:
-        raise ValueError(f"expected at most {MAX_WORKER_COUNT}")
-    return value
-
-
 def _max_workers(raw: str) -> int | None:
     """0 or empty means no maximum."""
     if raw in ("", "0"):
         return None
     return parse_worker_count(raw)
-
-
-def parse_positive_quantity(raw: str) -> Decimal:
-    value = quantity(raw)
-    if value <= 0:
-        raise ValueError("expected a quantity above 0, such as 200Mi")
-    return value
 
 
 def _quantity_or_none(raw: str) -> Decimal | None:
@@ -288,18 +245,18 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "registry_timeout": _seconds,
     "read_configmaps": _bool,
     "port": _port,
-    "max_body_bytes": _positive_int,
+    "max_body_bytes": positive_int,
     "decision_cache_size": int,
-    "max_connections": _positive_int,
+    "max_connections": positive_int,
     "first_request_seconds": _seconds,
     "request_read_seconds": _seconds,
-    "max_header_bytes": _positive_int,
-    "max_headers": _positive_int,
+    "max_header_bytes": positive_int,
+    "max_headers": positive_int,
     "drain_seconds": _non_negative_seconds,
     "shutdown_timeout": _seconds,
-    "max_containers": _positive_int,
-    "max_env_entries": _positive_int,
-    "max_annotation_bytes": _positive_int,
+    "max_containers": positive_int,
+    "max_env_entries": positive_int,
+    "max_annotation_bytes": positive_int,
     "cert_reload_seconds": _seconds,
     "log_level": _choice(LOG_LEVELS),
     "log_format": _choice(LOG_FORMATS),

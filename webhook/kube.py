@@ -126,8 +126,13 @@ class ConfigMapReader:
     async def configmap_keys(
         self, namespace: str, names: list[str], *, timeout: float
     ) -> dict[str, frozenset[str]]:
-        """Per ConfigMap name, the keys it defines; names not read within `timeout` are left out."""
+        """Per ConfigMap name, the keys it defines; names not read within `timeout` are left out.
+
+        A review without a namespace names no ConfigMap this reader could find: none is read.
+        """
         result: dict[str, frozenset[str]] = {}
+        if not namespace:
+            return result
         missing: list[str] = []
         for name in dict.fromkeys(names):
             cached = self._cached(namespace, name)

@@ -52,6 +52,22 @@ CERT_RELOADS = Counter(
     ["result"],
 )
 
+REGISTRY_LOOKUPS = Counter(
+    f"{NS}_registry_lookups",
+    "Image config lookups per image and admission, by outcome "
+    "(hit, miss_ok, error, timeout, not_found, invalid, overloaded).",
+    ["outcome"],
+)
+REGISTRY_CACHE_HITS = Counter(
+    f"{NS}_registry_cache_hits",
+    "Image config lookups answered from the cache without a registry request.",
+)
+REGISTRY_LOOKUP_SECONDS = Histogram(
+    f"{NS}_registry_lookup_seconds",
+    "Duration of registry round trips for one image (manifest, index, config blob).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
+)
+
 
 @cache
 def child(metric: Any, *labels: str) -> Any:

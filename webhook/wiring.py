@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from webhook.admission.types import EnvSourceReader
 from webhook.config import Settings
-from webhook.types import EnvSourceReader
 
 if TYPE_CHECKING:
-    from webhook.registry import RegistryResolver
+    from webhook.registry.resolver import RegistryResolver
 
 
 def resolver(settings: Settings) -> RegistryResolver | None:
     """The registry client, or None when registry lookups are off."""
     if settings.no_registry:
         return None
-    from webhook.registry import RegistryResolver
+    from webhook.registry.resolver import RegistryResolver
 
     return RegistryResolver(
         insecure_registries=settings.insecure_registry,

@@ -1,4 +1,4 @@
-"""Offline input: find the pod specs in Pods, workloads, Lists and AdmissionReviews. Pure."""
+"""Offline input: pod specs in Pods, workloads and Lists, and the ConfigMaps beside them. Pure."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.admission import ReviewError, check_pod, check_review
-from webhook.types import Obj
+from webhook.core.types import Obj
 
 # Where each kind keeps the pod it runs, as a path of keys.
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
@@ -36,6 +35,7 @@ class PodSlot:
 
     path: tuple[str | int, ...]
     pod: Obj
+    owner: str  # `Kind name` of the document that holds it, for messages
 
 
 def pod_slots(document: Any, *, where: str) -> Iterator[PodSlot]:
@@ -49,7 +49,7 @@ def pod_slots(document: Any, *, where: str) -> Iterator[PodSlot]:
             raise InputError(f"{where}: a List needs an items array")
         for i, item in enumerate(items):
             for slot in pod_slots(item, where=f"{where} items[{i}]"):
-                yield PodSlot(("items", i, *slot.path), slot.pod)
+                yield PodSlot(("items", i, *slot.path), slot.pod, slot.owner)
         return
     if kind == "AdmissionReview":
         raise InputError(f"{where}: an AdmissionReview is handled whole, not as a pod")
@@ -64,20 +64,7 @@ def pod_slots(document: Any, *, where: str) -> Iterator[PodSlot]:
         return
     if not isinstance(pod, dict):
         raise InputError(f"{where}: {kind} has no {'.'.join(TEMPLATE_PATHS[kind])}")
-    try:
-        check_pod(pod)
-    except ReviewError as exc:
-        raise InputError(f"{where}: {kind} {_name(document)}: {exc}") from None
-    yield PodSlot(TEMPLATE_PATHS[kind], pod)
-
-
-def review_pod(document: Obj, *, where: str) -> Obj | None:
-    """The pod of an AdmissionReview document (None when it is not a Pod CREATE)."""
-    try:
-        review = check_review(document)
-    except ReviewError as exc:
-        raise InputError(f"{where}: {exc}") from None
-    return review["request"].get("object")
+    yield PodSlot(TEMPLATE_PATHS[kind], pod, f"{kind} {_name(document)}")
 
 
 def _name(document: Obj) -> str:
@@ -119,6 +106,19 @@ def configmaps_for(
         for (ns, name), keys in known.items()
         if not ns or not namespace or ns == namespace
     }
+
+
+class DocumentConfigMaps:
+    """An `EnvSourceReader` that answers from the ConfigMaps in the input (offline `mutate`)."""
+
+    def __init__(self, documents: list[Any]) -> None:
+        self.known = configmap_keys(documents)
+
+    async def configmap_keys(
+        self, namespace: str, names: list[str], *, timeout: float
+    ) -> dict[str, frozenset[str]]:
+        found = configmaps_for(self.known, namespace)
+        return {name: found[name] for name in names if name in found}
 
 
 def _items(document: Any) -> list[Obj]:

@@ -35,7 +35,7 @@ import checks
 import procs
 import report
 
-from webhook.certs import build_ca, build_leaf
+from webhook.certificates.authority import build_ca, build_leaf
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -47,6 +47,10 @@ LOAD_CPU = 1
 SERVERS = ("webhook", "webhook-registry", "floor", "kopf", "flask")
 # The webhook as installed by default: registry lookups on, here against a local registry.
 REGISTRY_SERVER = "webhook-registry"
+# The webhook of another checkout (BENCH_BASELINE=DIR, e.g. `git archive` of an older commit),
+# run beside this one so that before and after share the same window of a noisy machine.
+BASELINE_SERVER = "webhook-before"
+KNOWN_SERVERS = (*SERVERS, BASELINE_SERVER)
 START_TIMEOUT_SECONDS = 60.0
 POLL_SECONDS = 0.02
 WRK_GRACE_SECONDS = 60.0
@@ -197,12 +201,17 @@ def server_group(name: str, workspace: Workspace, port: int) -> procs.Group:
         argv = [sys.executable, "-m", "gunicorn", "--workers", "1", "--worker-class", "sync",
                 "--certfile", cert, "--keyfile", key, "--bind", f"127.0.0.1:{port}",
                 "--log-level", "warning", "--chdir", str(BENCH), "flask_peer:app"]
+    elif name == BASELINE_SERVER:
+        argv = [sys.executable, "-m", "webhook", "serve", "--cert-file", cert, "--key-file", key,
+                "--host", "127.0.0.1", "--port", str(port), "--no-registry"]
     else:
         raise ValueError(f"unknown server {name!r}")
-    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    tree = os.environ["BENCH_BASELINE"] if name == BASELINE_SERVER else str(REPO)
+    pythonpath = os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "WEB_CONCURRENCY": "1", "PYTHONPATH": pythonpath}
+    # `python -m` puts the working directory first on sys.path: the tree's own package.
     return procs.Group(argv, cpu=SERVER_CPU, log=workspace.logs / f"{name}.log", env=env,
-                       cwd=REPO)
+                       cwd=Path(tree))
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
@@ -547,7 +556,7 @@ def notes(plan: Plan) -> list[str]:
         "floor: raw ASGI app on the same uvicorn (uvloop, httptools, TLS), orjson parse, fixed "
         "allowing response with the request's uid; it mutates nothing.",
         "kopf: kopf.WebhookServer (kopf's own aiohttp server, stdlib json), an async handler "
-        "running the same `mutate_review`; start-up discovery comes from a FAKE local API "
+        "running the same admission handler; start-up discovery comes from a FAKE local API "
         "endpoint in the peer's process, used by that peer only.",
         "flask: Flask on gunicorn, one sync worker, `request.get_json()` + `jsonify`. Gunicorn's "
         "sync worker does not keep connections alive, so every request also pays a TLS "
@@ -572,7 +581,8 @@ def parse_args(argv: list[str] | None) -> Plan:
                         help="a few seconds of load, c=1 and 16, one body; fails only on a "
                              "server that does not start or answers wrongly")
     parser.add_argument("--servers", default=",".join(SERVERS),
-                        help=f"comma-separated subset of {','.join(SERVERS)}")
+                        help=f"comma-separated subset of {','.join(SERVERS)}, or "
+                             f"{BASELINE_SERVER} (the checkout in BENCH_BASELINE=DIR)")
     parser.add_argument("--duration", type=int, help="seconds per load run (full: 2, smoke: 1)")
     parser.add_argument("--repeats", type=int,
                         help="load runs per cell, interleaved across servers; the table shows "
@@ -586,9 +596,12 @@ def parse_args(argv: list[str] | None) -> Plan:
                                         "with '-' for spaces (e.g. target-4k,nocmd-hit-4k)")
     args = parser.parse_args(argv)
     servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
-    unknown = set(servers) - set(SERVERS)
+    unknown = set(servers) - set(KNOWN_SERVERS)
     if unknown or not servers:
-        parser.error(f"--servers: unknown {sorted(unknown)}; choose from {','.join(SERVERS)}")
+        parser.error(f"--servers: unknown {sorted(unknown)}; choose from "
+                     f"{','.join(KNOWN_SERVERS)}")
+    if BASELINE_SERVER in servers and not os.environ.get("BENCH_BASELINE"):
+        parser.error(f"--servers: {BASELINE_SERVER} runs the checkout in BENCH_BASELINE=DIR")
     if args.duration is not None and args.duration < 1:
         parser.error("--duration: at least 1 second")
     if args.repeats is not None and args.repeats < 1:

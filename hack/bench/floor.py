@@ -53,8 +53,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    # The webhook's own uvicorn settings (webhook/server.py), with uvloop and httptools spelled
-    # out where it says "auto" (which picks them when installed, as they are here).
+    # The webhook's own uvicorn settings (webhook/serving/server.py), with uvloop and httptools
+    # spelled out where it says "auto" (which picks them when installed, as they are here).
     uvicorn.run(app, host=args.host, port=args.port, ssl_certfile=args.cert_file,
                 ssl_keyfile=args.key_file, loop="uvloop", http="httptools", lifespan="off",
                 workers=1, timeout_keep_alive=120, log_config=None, access_log=False,

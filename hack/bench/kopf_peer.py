@@ -3,8 +3,9 @@
 kopf is the usual Python choice for operators and their webhooks. Its webhook server is aiohttp
 over TLS, with the review decoded by the standard `json` module; a handler receives the object
 and a merge-patch, and kopf diffs the result into the JSON Patch it answers with. The handler
-here calls the webhook's own `mutate_review` and hands its patch to kopf as a body
-transformation (`patch.fns`), so the policy is identical and only the framework differs.
+here calls the webhook's own admission handler (`AdmissionHandler.handle`) and hands its patch
+to kopf as a body transformation (`patch.fns`), so the policy is identical and only the
+framework differs.
 
 kopf asks the Kubernetes API for discovery at start-up. FAKE API, for this peer only: a
 minimal discovery endpoint (pods and namespaces in core/v1, no groups) on 127.0.0.1, served
@@ -15,7 +16,6 @@ start-up nothing but the webhook port is used.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import sys
@@ -26,10 +26,11 @@ from typing import Any
 import jsonpatch
 import kopf
 
-from webhook.admission import mutate_review
+from webhook.admission.handler import AdmissionHandler
 from webhook.config import Settings
 
-SETTINGS = Settings(no_registry=True)
+# The webhook's own handler, as the server builds it with registry lookups off.
+HANDLER = AdmissionHandler(Settings(no_registry=True), record=False)
 
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 DISCOVERY: dict[str, Any] = {
@@ -98,10 +99,10 @@ async def mutate(
             "object": dict(body),
         },
     }
-    response = mutate_review(review, SETTINGS)["response"]
-    warnings.extend(response.get("warnings", []))
-    if response.get("patch"):
-        ops = json.loads(base64.b64decode(response["patch"]))
+    answer = await HANDLER.handle(review)
+    warnings.extend(answer.warnings)
+    if answer.patch:
+        ops = answer.patch
         patch.fns.append(lambda raw: jsonpatch.apply_patch(raw, ops, in_place=True))
 
 

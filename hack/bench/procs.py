@@ -5,14 +5,14 @@ Also what /proc says about a server's process tree: CPU time (utime+stime) and r
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+
+from tests.servers import stop_group
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STOP_GRACE_SECONDS = 5.0
@@ -54,17 +54,9 @@ class Group:
         return None if self.proc is None else self.proc.poll()
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=STOP_GRACE_SECONDS)
-        # Stragglers (a gunicorn worker, a thread pool's child) go with the group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        if self.proc.poll() is None:
-            self.proc.wait(timeout=STOP_GRACE_SECONDS)
+        """SIGTERM to the group, then SIGKILL to stragglers (a gunicorn worker, a pool's child)."""
+        if self.proc is not None:
+            stop_group(self.proc, timeout=STOP_GRACE_SECONDS)
 
     def __enter__(self) -> Group:
         """Start the command, unless it is started already (then only own its cleanup)."""

@@ -1,5 +1,5 @@
 """What the connection bounds cost: the floor app on uvicorn's stock httptools protocol against
-the same app on webhook/protocol.py's bounded one, interleaved, CPU per request from /proc.
+the same app on webhook/serving/protocol.py's bounded one, interleaved, CPU per request from /proc.
 
     python hack/bench/protocol_cost.py [--rounds 6] [--duration 3]
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,14 +25,16 @@ sys.path[:0] = [str(REPO), str(BENCH)]
 
 import bodies  # noqa: E402
 import floor  # noqa: E402
+import procs  # noqa: E402
 
-from webhook.certs import build_ca, build_leaf  # noqa: E402
+from tests.servers import stop_group  # noqa: E402
+from webhook.certificates.authority import build_ca, build_leaf  # noqa: E402
 
 
 def serve(port: int, bounded: bool, cert: str, key: str) -> None:
     import uvicorn
 
-    from webhook.protocol import BoundedHttpToolsProtocol
+    from webhook.serving.protocol import BoundedHttpToolsProtocol
 
     http: type[BoundedHttpToolsProtocol] | str = "httptools"
     if bounded:
@@ -93,7 +94,7 @@ def main() -> None:
                   f"({', '.join(f'{v:.0f}' for v in values)})")
     finally:
         for _, proc in servers.values():
-            os.killpg(proc.pid, signal.SIGTERM)
+            stop_group(proc, timeout=procs.STOP_GRACE_SECONDS)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Literal
 
 from webhook.config import Settings
-from webhook.policy import pod_policy, worker_count
+from webhook.core.workers import pod_policy, worker_count
 
 Server = Literal["gunicorn", "uvicorn"]
 SERVERS: tuple[Server, ...] = ("gunicorn", "uvicorn")
@@ -47,7 +47,7 @@ class Config:
 
 def injected_workers(cpus: float) -> int:
     """The webhook's WEB_CONCURRENCY for a container limited to `cpus`, by its default policy."""
-    policy, _ = pod_policy(Settings(), {})
+    policy, _ = pod_policy(Settings().options, {})
     return worker_count(Decimal(str(cpus)), policy).count
 
 

@@ -32,6 +32,8 @@ import configs
 import report
 from cgroup import Cgroup, CgroupError
 
+from tests.servers import stop_group
+
 Obj = dict[str, Any]
 
 LAB = Path(__file__).resolve().parent
@@ -172,14 +174,7 @@ class Server:
     def stop(self) -> None:
         self.group.set_quota(None)  # let 129 workers shut down at full speed
         if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=STOP_GRACE_SECONDS)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=STOP_GRACE_SECONDS)
+            stop_group(self.proc, timeout=STOP_GRACE_SECONDS)
         # Whatever is left in the group was started by this server: end it too.
         for pid in self.group.pids():
             with contextlib.suppress(ProcessLookupError):

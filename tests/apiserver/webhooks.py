@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -27,7 +25,8 @@ from typing import Any
 import yaml
 
 from tests.apiserver.cluster import Doc, environ_without_ours, https_get, wait_for
-from webhook.certs import KeyPair, build_ca, build_leaf
+from tests.servers import stop_group
+from webhook.certificates.authority import KeyPair, build_ca, build_leaf
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
@@ -102,13 +101,7 @@ class Serve:
         return self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_group(self.process, timeout=30)
 
 
 def start_serve(

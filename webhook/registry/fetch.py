@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -19,11 +18,12 @@ from typing import Any
 import certifi
 import httpx
 
-from webhook.imageref import ImageRef
-from webhook.registry_auth import Challenge, Credentials, CredentialStore, parse_challenge
-from webhook.types import ImageConfig
+from webhook import logs
+from webhook.core.types import ImageConfig
+from webhook.registry.auth import Challenge, Credentials, CredentialStore, parse_challenge
+from webhook.registry.imageref import ImageRef
 
-log = logging.getLogger(__name__)
+log = logs.get("registry")
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"

@@ -18,14 +18,12 @@ MULTI_WORKER: Final = PREFIX + "multi-worker"
 STATUS: Final = PREFIX + "status"
 
 DEFAULT_CONTAINER: Final = "kubectl.kubernetes.io/default-container"
-MIRROR_POD: Final = "kubernetes.io/config.mirror"
 
 IMAGE_RUNTIME_LABEL: Final = "io.concurrency-injector.runtime"
 
 WEB_CONCURRENCY: Final = "WEB_CONCURRENCY"
 CPU_LIMIT: Final = "CPU_LIMIT"
 PYTHON_CPU_COUNT: Final = "PYTHON_CPU_COUNT"
-INJECTED_ENV: Final = (WEB_CONCURRENCY, CPU_LIMIT, PYTHON_CPU_COUNT)
 # Facts about the container, set whatever runtime it runs (and despite an unread envFrom).
 FACTS: Final = (CPU_LIMIT, PYTHON_CPU_COUNT)
 

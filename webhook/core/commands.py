@@ -3,7 +3,7 @@
 A command is read the way exec or a shell would start it. In an exec-form argv every word is
 one argument (`&&` too); a shell script (`sh -c`) is split into commands at its operators and
 keywords. The first word of a command, after wrappers such as `exec`, `env -u X`, `gosu user`,
-`tini --`, `uv run`, `doppler run --`, is what runs; a profile (webhook/profiles.yaml) names it
+`tini --`, `uv run`, `doppler run --`, is what runs; a profile (webhook/core/profiles.yaml) names it
 by executable, `python -m` module, or launcher subcommand (`airflow webserver`). So `pip
 install gunicorn && celery worker` runs Celery, and `sh -c "cd /app && exec gunicorn app"` runs
 gunicorn. A `case "$1"` whose branches run different servers is read only when `$1` is known.
@@ -15,15 +15,11 @@ import fnmatch
 import posixpath
 import re
 import shlex
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import cast
 
-from webhook import keys
-from webhook.profiles import GENERIC, ProfileSet
-from webhook.types import ImageConfig, Obj
-
-Source = Literal["command", "image-label", "image-command", "image-name", "annotation"]
+from webhook.core.profiles import ProfileSet
+from webhook.core.types import ImageConfig, Obj
 
 PYTHON = re.compile(r"^python(\d+(\.\d+)?)?$")
 SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh", "ksh", "busybox"})
@@ -78,6 +74,8 @@ ENTRYPOINTS = re.compile(r"^(docker-)?entrypoint(\.sh)?$|^(docker-)?entry(\.sh)?
 PYTHON_OPTIONS_WITH_ARG = frozenset({"-X", "-W", "-Q"})
 POSITIONAL_1 = frozenset({"$1", "${1}"})
 MAX_SHELL_DEPTH = 3
+# Command lines remembered per profile set (each a few hundred bytes at most).
+MAX_COMMANDS_READ = 4096
 
 
 @dataclass(frozen=True)
@@ -98,28 +96,27 @@ class Branches:
 Found = ServerCommand | Branches | None
 
 
-@dataclass(frozen=True)
-class Target:
-    """A container that gets its runtime's worker variable, and why."""
-
-    name: str
-    init: bool
-    runtime: str
-    source: Source
-    server: ServerCommand | None = None
-    # A script that runs one of these by its arguments: recorded, never guessed.
-    undecided: tuple[str, ...] = ()
-
-
 def find_server(argv: list[str], profiles: ProfileSet) -> ServerCommand | None:
     """The profiled server that an exec-form argv starts, if one is known for sure."""
     found = read_command(argv, profiles)
     return found if isinstance(found, ServerCommand) else None
 
 
-def read_command(argv: list[str], profiles: ProfileSet, *, depth: int = 0) -> Found:
-    """What an exec-form argv starts: a server, a choice of servers, or nothing known."""
-    return _Reader(profiles, depth).command(list(argv))
+def read_command(argv: list[str], profiles: ProfileSet) -> Found:
+    """What an exec-form argv starts: a server, a choice of servers, or nothing known.
+
+    Remembered per profile set: the same few command lines come back in pod after pod, and
+    the answer (frozen data) depends on nothing else.
+    """
+    key = tuple(argv)
+    known = profiles.commands_read
+    if key in known:
+        return cast(Found, known[key])
+    found = _Reader(profiles, 0).command(list(argv))
+    if len(known) >= MAX_COMMANDS_READ:
+        known.clear()  # a bound, not an eviction policy: the common lines come right back
+    known[key] = found
+    return found
 
 
 @dataclass(frozen=True)
@@ -323,185 +320,3 @@ def effective_command(container: Obj, image: ImageConfig | None) -> list[str] | 
     if image is None:
         return None
     return [*(image["entrypoint"] or []), *(args if args else image["cmd"] or [])]
-
-
-@dataclass(frozen=True)
-class Detected:
-    """Rule 4's answer for one container: its runtime, how it was known, its command line."""
-
-    runtime: str
-    source: Source
-    server: ServerCommand | None
-
-
-def detect(
-    container: Obj, image: ImageConfig | None, profiles: ProfileSet
-) -> Detected | Branches | None:
-    """Rule 4 for one app container: its command/args, else the image's label, command or name.
-
-    An explicit `command` decides on its own: the image's label applies only to containers
-    that do not set `command`, since one image often serves both a web and a worker process.
-    """
-    command, args = container.get("command"), container.get("args")
-    own = [*(command or []), *(args or [])]
-    found = read_command(own, profiles) if own else None
-    if isinstance(found, ServerCommand):
-        return Detected(found.runtime, "command", found)
-    if command:
-        return found
-    if image is not None:
-        label = image["labels"].get(keys.IMAGE_RUNTIME_LABEL, "").strip().lower()
-        from_image = read_command(effective_command(container, image) or [], profiles)
-        server = from_image if isinstance(from_image, ServerCommand) else None
-        if label == GENERIC or profiles.get(label) is not None:
-            return Detected(label, "image-label", server)
-        if server is not None:
-            return Detected(server.runtime, "image-command", server)
-        if isinstance(from_image, Branches):
-            return from_image
-    if isinstance(container.get("image"), str):
-        profile = profiles.by_image(repository(container["image"]))
-        # The image's own command, or the subcommand of its entrypoint that serves.
-        if profile is not None and (not args or args[0] in profile.subcommands):
-            return Detected(profile.name, "image-name", None)
-    return found
-
-
-def repository(image: str) -> str:
-    """An image reference's repository, as profiles name it: no registry, tag or digest."""
-    name = image.split("@", 1)[0]
-    slash = name.rfind("/")
-    if ":" in name[slash + 1 :]:
-        name = name[: name.rindex(":")]
-    parts = name.split("/")
-    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
-        parts = parts[1:]
-    if len(parts) > 1 and parts[0] == "library":
-        parts = parts[1:]
-    return "/".join(parts)
-
-
-def containers_of(pod: Obj) -> list[tuple[Obj, bool]]:
-    """(container, is_init) for every container of the pod, init containers first."""
-    spec = pod.get("spec") or {}
-    inits = [(c, True) for c in spec.get("initContainers") or [] if isinstance(c, dict)]
-    apps = [(c, False) for c in spec.get("containers") or [] if isinstance(c, dict)]
-    return inits + apps
-
-
-def default_container(pod: Obj, annotations: Mapping[str, Any]) -> tuple[Obj | None, list[str]]:
-    """The container named by kubectl's default-container annotation, else the first one."""
-    apps = [c for c, init in containers_of(pod) if not init]
-    wanted = annotations.get(keys.DEFAULT_CONTAINER)
-    if wanted:
-        for c in apps:
-            if c.get("name") == wanted:
-                return c, []
-        first = apps[0].get("name") if apps else None
-        return (apps[0] if apps else None), [
-            f"{keys.DEFAULT_CONTAINER} names missing container {wanted!r}; using {first!r}"
-        ]
-    return (apps[0] if apps else None), []
-
-
-def images_to_resolve(pod: Obj, profiles: ProfileSet) -> list[str]:
-    """Images whose registry metadata could decide detection (rule 4 only)."""
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    if (
-        opted_out(annotations)
-        or annotations.get(keys.CONTAINERS)
-        or _runtime_annotation(annotations)
-    ):
-        return []
-    wanted: list[str] = []
-    for container, init in containers_of(pod):
-        if init or container.get("command") or not isinstance(container.get("image"), str):
-            continue
-        if container.get("args") and find_server(list(container["args"]), profiles) is not None:
-            continue
-        if container["image"] not in wanted:
-            wanted.append(container["image"])
-    return wanted
-
-
-def opted_out(annotations: Mapping[str, Any]) -> bool:
-    """Rule 1: `concurrency-injector.io/inject: "false"`."""
-    return str(annotations.get(keys.INJECT, "")).strip().lower() == "false"
-
-
-def _runtime_annotation(annotations: Mapping[str, Any]) -> str:
-    return str(annotations.get(keys.RUNTIME, "")).strip().lower()
-
-
-def select_targets(
-    pod: Obj, images: Mapping[str, ImageConfig], profiles: ProfileSet
-) -> tuple[list[Target], list[str]]:
-    """Apply the SPEC's rules in order; returns the targets and warnings."""
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    if opted_out(annotations):
-        return [], []
-    warnings: list[str] = []
-    runtime_value = _runtime_annotation(annotations)
-    runtime: str | None = None
-    if runtime_value:
-        if runtime_value == GENERIC or profiles.get(runtime_value) is not None:
-            runtime = runtime_value
-        else:
-            warnings.append(
-                f"{keys.RUNTIME}={runtime_value[:40]!r} names no active profile; ignored"
-            )
-
-    listed = annotations.get(keys.CONTAINERS)
-    if listed:
-        return _listed(pod, str(listed), runtime, images, profiles, warnings)
-    if runtime is not None:
-        container, more = default_container(pod, annotations)
-        warnings += more
-        if container is None:
-            return [], warnings
-        command = [*(container.get("command") or []), *(container.get("args") or [])]
-        server = find_server(command, profiles)
-        name = str(container.get("name"))
-        return [Target(name, False, runtime, "annotation", server)], warnings
-
-    targets = []
-    for container, init in containers_of(pod):
-        if init:
-            continue
-        name = str(container.get("name"))
-        found = detect(container, images.get(container.get("image", "")), profiles)
-        if isinstance(found, Detected):
-            targets.append(Target(name, False, found.runtime, found.source, found.server))
-        elif isinstance(found, Branches):
-            targets.append(Target(name, False, "unknown", "command", undecided=found.runtimes))
-            warnings.append(
-                f"container {name!r} runs {' or '.join(found.runtimes)} by its arguments: "
-                f"not a target; name it in {keys.CONTAINERS}"
-            )
-    return targets, warnings
-
-
-def _listed(
-    pod: Obj,
-    listed: str,
-    runtime: str | None,
-    images: Mapping[str, ImageConfig],
-    profiles: ProfileSet,
-    warnings: list[str],
-) -> tuple[list[Target], list[str]]:
-    names = [n.strip() for n in listed.split(",") if n.strip()]
-    by_name = {c.get("name"): (c, init) for c, init in containers_of(pod)}
-    targets = []
-    for name in dict.fromkeys(names):
-        if name not in by_name:
-            warnings.append(
-                f"{keys.CONTAINERS} lists {name[:40]!r}, which is not a container of this pod"
-            )
-            continue
-        container, init = by_name[name]
-        found = detect(container, images.get(container.get("image", "")), profiles)
-        detected = found if isinstance(found, Detected) else None
-        server = detected.server if detected else None
-        chosen = runtime or (detected.runtime if detected else GENERIC)
-        targets.append(Target(name, init, chosen, "annotation", server))
-    return targets, warnings

@@ -17,27 +17,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 from webhook import logs
+from webhook.serving.state import Shutdown
 
 log = logs.get("server")
 
 
-@dataclass
-class State:
-    """Where this worker process is in its shutdown."""
-
-    draining: bool = False  # SIGTERM seen: not ready, close connections after each response
-    stopping: bool = False  # the drain is over: uvicorn is stopping, new connections are closed
-
-
-STATE = State()
-
-
-def install_drain(delay: float) -> bool:
+def install_drain(state: Shutdown, delay: float) -> bool:
     """Put a drain of `delay` seconds in front of the running server's SIGTERM handler.
 
     Called from the app's lifespan, where uvicorn's own handler is in place (it saved the one
@@ -50,15 +39,15 @@ def install_drain(delay: float) -> bool:
     loop = asyncio.get_running_loop()
 
     def stop(sig: int, frame: FrameType | None) -> None:
-        if not STATE.stopping:
-            STATE.stopping = True
+        if not state.stopping:
+            state.stopping = True
             log.info("drain over; stopping")
             previous(sig, frame)
 
     def on_sigterm(sig: int, frame: FrameType | None) -> None:
-        if STATE.draining:
+        if state.draining:
             return
-        STATE.draining = True
+        state.draining = True
         log.info("SIGTERM: draining", extra={"seconds": delay})
         loop.call_soon_threadsafe(loop.call_later, delay, stop, sig, frame)
 

@@ -15,7 +15,7 @@ connections are accepted until the process runs out of file descriptors. This su
   the longest-idle one (never-used ones first) that has no request in flight, or is closed;
 - an `Upgrade` request (websockets are off, and httptools would stop parsing the connection
   after its headers, body unread) is answered 400 and the connection closed;
-- while the worker drains (webhook/shutdown.py), `Connection: close` on every response;
+- while the worker drains (webhook/serving/shutdown.py), `Connection: close` on every response;
 - a connection the server closes is reset if the client has not completed the TLS close within
   `CLOSE_LINGER_SECONDS`: a client that keeps an idle socket without reading never answers
   the close_notify, and uvicorn's shutdown waited for it until its own timeout.
@@ -29,60 +29,20 @@ from __future__ import annotations
 
 import asyncio
 import http
-import resource
-from dataclasses import dataclass
 from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from webhook import logs, metrics
-from webhook.config import Settings
-from webhook.shutdown import STATE
+from webhook.serving.state import ServingState
 
 log = logs.get("server")
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """Per-connection limits, from the settings of the same names."""
-
-    max_connections: int = Settings.max_connections
-    first_request_seconds: float = Settings.first_request_seconds
-    request_read_seconds: float = Settings.request_read_seconds
-    max_header_bytes: int = Settings.max_header_bytes
-    max_headers: int = Settings.max_headers
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Bounds:
-        """The settings, with the connection cap kept inside the process's file limit."""
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        fd_room = (
-            soft - RESERVED_FDS if soft != resource.RLIM_INFINITY else settings.max_connections
-        )
-        return cls(
-            max_connections=max(1, min(settings.max_connections, fd_room)),
-            first_request_seconds=settings.first_request_seconds,
-            request_read_seconds=settings.request_read_seconds,
-            max_header_bytes=settings.max_header_bytes,
-            max_headers=settings.max_headers,
-        )
 
 
 # A closed TLS connection waits for the client's close_notify; a client that holds the socket
 # without reading never sends it, and uvicorn's shutdown would wait on it. Past this it is reset.
 CLOSE_LINGER_SECONDS = 1.0
-# File descriptors kept for everything but client connections (registry and API clients, files).
-RESERVED_FDS = 64
-
-# Set by each worker from its settings when it builds the app (webhook.app.create_app), before
-# uvicorn makes the first connection.
-BOUNDS = Bounds()
-
-
-def configure(settings: Settings) -> None:
-    global BOUNDS
-    BOUNDS = Bounds.from_settings(settings)
 
 
 class _Refused(Exception):
@@ -99,7 +59,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.bounds = BOUNDS
+        # The app's serving state (bounds, shutdown); an app of another kind serves on defaults.
+        self.serving: ServingState = getattr(self.app, "serving", None) or ServingState()
+        self.bounds = self.serving.bounds
         self.deadline: asyncio.TimerHandle | None = None
         self.due: float | None = None  # when the current deadline closes the connection
         self.due_reason = ""
@@ -116,7 +78,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if STATE.stopping:  # accepted while uvicorn closes its listeners: nobody will serve it
+        if (
+            self.serving.shutdown.stopping
+        ):  # accepted while uvicorn closes its listeners: nobody will serve it
             self._close("stopping")
             return
         if len(self.connections) > self.bounds.max_connections and not self._evict_one():
@@ -256,7 +220,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.in_body = True
         self.header_bytes = 0
         super().on_headers_complete()
-        if STATE.draining and self.cycle is not None:
+        if self.serving.shutdown.draining and self.cycle is not None:
             self.cycle.keep_alive = False  # uvicorn adds `connection: close` and closes after
 
     def on_message_complete(self) -> None:

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from prometheus_client import Counter, Histogram
 
-from webhook.imageref import ImageRef, InvalidReference, parse
+from webhook import logs, metrics
+from webhook.core.types import ImageConfig
 from webhook.lru import LRU
-from webhook.registry_auth import CredentialStore
-from webhook.registry_fetch import Fetched, LookupFailed, Platform, RegistryClient
-from webhook.types import ImageConfig
+from webhook.registry.auth import CredentialStore
+from webhook.registry.fetch import Fetched, LookupFailed, Platform, RegistryClient
+from webhook.registry.imageref import ImageRef, InvalidReference, parse
 
-log = logging.getLogger(__name__)
+log = logs.get("registry")
 
 # A lookup that outlives its caller's budget keeps filling the cache, but never past this.
 BACKGROUND_BUDGET = 10.0
@@ -37,22 +37,6 @@ BACKGROUND_BUDGET = 10.0
 CANCEL_GRACE = 1.0
 # At most this many distinct images are looked up at once; more are left out (fail-open).
 MAX_IN_FLIGHT = 256
-
-LOOKUPS = Counter(
-    "concurrency_injector_registry_lookups",
-    "Image config lookups per image and admission, by outcome "
-    "(hit, miss_ok, error, timeout, not_found, invalid, overloaded).",
-    ["outcome"],
-)
-CACHE_HITS = Counter(
-    "concurrency_injector_registry_cache_hits",
-    "Image config lookups answered from the cache without a registry request.",
-)
-LOOKUP_SECONDS = Histogram(
-    "concurrency_injector_registry_lookup_seconds",
-    "Duration of registry round trips for one image (manifest, index, config blob).",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
-)
 
 
 @dataclass(frozen=True)
@@ -77,8 +61,8 @@ def _parsed(image: str) -> ImageRef | None:
 
 @functools.lru_cache(maxsize=64)
 def _lookups(outcome: str) -> Any:
-    """The LOOKUPS child of an outcome, looked up once."""
-    return LOOKUPS.labels(outcome)
+    """The metrics.REGISTRY_LOOKUPS child of an outcome, looked up once."""
+    return metrics.REGISTRY_LOOKUPS.labels(outcome)
 
 
 def _copy(config: ImageConfig) -> ImageConfig:
@@ -152,7 +136,7 @@ class RegistryResolver:
         for outcome in outcomes:
             _lookups(outcome).inc()
             if outcome == "hit":
-                CACHE_HITS.inc()
+                metrics.REGISTRY_CACHE_HITS.inc()
         return found
 
     async def resolve(self, images: list[str], *, timeout: float) -> dict[str, ImageConfig]:
@@ -166,20 +150,20 @@ class RegistryResolver:
                 ref = parse(image)
             except InvalidReference as exc:
                 log.debug("registry: %s", exc)
-                LOOKUPS.labels("invalid").inc()
+                metrics.REGISTRY_LOOKUPS.labels("invalid").inc()
                 continue
             cached = self._cached(ref)
             if isinstance(cached, _Failure):
-                LOOKUPS.labels(cached.outcome).inc()
+                metrics.REGISTRY_LOOKUPS.labels(cached.outcome).inc()
             elif cached is not None:
-                LOOKUPS.labels("hit").inc()
-                CACHE_HITS.inc()
+                metrics.REGISTRY_LOOKUPS.labels("hit").inc()
+                metrics.REGISTRY_CACHE_HITS.inc()
                 found[image] = _copy(cached)
             elif (task := self._lookup_task(ref)) is not None:
                 waiting[image] = task
             else:
                 log.warning("registry: %d lookups in flight, skipping %s", MAX_IN_FLIGHT, image)
-                LOOKUPS.labels("overloaded").inc()
+                metrics.REGISTRY_LOOKUPS.labels("overloaded").inc()
         if waiting:
             # asyncio.wait never cancels: a lookup past the deadline goes on to fill the cache.
             await asyncio.wait(set(waiting.values()), timeout=max(0.0, deadline - loop.time()))
@@ -187,9 +171,9 @@ class RegistryResolver:
             done = task.done() and not task.cancelled()
             result = task.result() if done else _Failure("timeout")
             if isinstance(result, _Failure):
-                LOOKUPS.labels(result.outcome).inc()
+                metrics.REGISTRY_LOOKUPS.labels(result.outcome).inc()
             else:
-                LOOKUPS.labels("miss_ok").inc()
+                metrics.REGISTRY_LOOKUPS.labels("miss_ok").inc()
                 found[image] = _copy(result)
         return found
 
@@ -264,7 +248,7 @@ class RegistryResolver:
             log.warning("registry: unexpected failure looking up %s", ref, exc_info=True)
             return self._fail(key, "error")
         finally:
-            LOOKUP_SECONDS.observe(time.monotonic() - started)
+            metrics.REGISTRY_LOOKUP_SECONDS.observe(time.monotonic() - started)
             self._in_flight.pop(key, None)
 
     def _store(self, ref: ImageRef, key: str, fetched: Fetched) -> ImageConfig:

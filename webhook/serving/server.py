@@ -17,9 +17,10 @@ import orjson
 import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
 
-from webhook import logs, tls, wiring
+from webhook import logs, wiring
 from webhook.config import ConfigError, Settings, env_name
-from webhook.protocol import BoundedHttpToolsProtocol
+from webhook.serving import tls
+from webhook.serving.protocol import BoundedHttpToolsProtocol
 
 # uvicorn's exit status for a failed start (uvicorn.config.STARTUP_FAILURE in newer releases; the
 # lowest uvicorn this package allows has no such name).
@@ -89,19 +90,22 @@ def serve(settings: Settings, environ: MutableMapping[str, str] | None = None) -
 
 def _run(settings: Settings, cert_file: str, key_file: str, *, workers: int) -> None:
     """uvicorn.run's two ways of serving, with SIGTERM passed on to workers at once."""
+    from webhook.serving.app import WorkerApp  # the app's libraries, only when serving
+
+    worker = WorkerApp(tls.ReloadingContext(cert_file, key_file))
     config = uvicorn.Config(
-        "webhook.app:create_app",
+        worker,
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=workers,
-        ssl_context_factory=tls.ReloadingContext(cert_file, key_file),
-        # httptools with the bounds it lacks (webhook/protocol.py); no websockets, nothing
+        ssl_context_factory=worker.ssl_context,
+        # httptools with the bounds it lacks (webhook/serving/protocol.py); no websockets, nothing
         # here upgrades.
         http=BoundedHttpToolsProtocol,
         ws="none",
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        # After the drain (webhook/shutdown.py), the most that reviews in flight may take.
+        # After the drain (webhook/serving/shutdown.py), the most that reviews in flight may take.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
         log_config=None,
         access_log=False,
@@ -125,7 +129,8 @@ def _forward_sigterm(supervisor: Multiprocess) -> None:
 
     uvicorn's supervisor queues signals and reads the queue every half second, so its workers
     would keep serving as ready, with keep-alive, for up to that long; each worker starts its
-    drain (webhook/shutdown.py) on the first SIGTERM and ignores the supervisor's own later one.
+    drain (webhook/serving/shutdown.py) on the first SIGTERM and ignores the supervisor's own
+    later one.
     """
     queue_signal = signal.getsignal(signal.SIGTERM)
 
@@ -146,7 +151,7 @@ def prepare_self_managed(settings: Settings) -> None:
     An API error here stops start-up (the pod restarts) rather than serving a certificate the
     API server does not trust; after start-up each worker keeps it current (see app lifespan).
     """
-    from webhook import selfmanaged
+    from webhook.certificates import selfmanaged
 
     target = selfmanaged.Target.from_settings(settings)
     core, admission = selfmanaged.in_cluster_apis(settings.kubeconfig)

@@ -1,27 +1,24 @@
-"""What a target gets: its CPU limit, the worker count and the findings worth a warning. Pure."""
+"""Worker policy: a target's CPU limit and the worker count it gives. Pure."""
 
 from __future__ import annotations
 
 import math
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
-from webhook import keys
-from webhook.config import (
+from webhook.core import keys
+from webhook.core.options import (
     MAX_WORKER_COUNT,
+    Options,
     Rounding,
-    Settings,
     parse_positive_quantity,
     parse_worker_count,
     parse_workers_per_cpu,
-    quantity,
 )
-from webhook.detection import ServerCommand
-from webhook.profiles import Profile
-from webhook.types import Obj
+from webhook.core.quantity import quantity
+from webhook.core.types import Obj
 
 CpuSource = Literal["container", "pod"]
 ROUNDING_MODES: dict[Rounding, str] = {
@@ -59,16 +56,14 @@ def cpu_text(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def pod_policy(
-    settings: Settings, annotations: Mapping[str, Any]
-) -> tuple[WorkerPolicy, list[str]]:
+def pod_policy(options: Options, annotations: Mapping[str, Any]) -> tuple[WorkerPolicy, list[str]]:
     """The server's defaults, overridden by the pod's annotations (a bad one is warned, ignored)."""
     policy = WorkerPolicy(
-        settings.workers_per_cpu,
-        settings.min_workers,
-        settings.max_workers,
-        settings.memory_per_worker,
-        settings.rounding,
+        options.workers_per_cpu,
+        options.min_workers,
+        options.max_workers,
+        options.memory_per_worker,
+        options.rounding,
     )
     warnings: list[str] = []
     for key, field_name, parse in (
@@ -174,72 +169,3 @@ def worker_count(cpu: Decimal, policy: WorkerPolicy, *, memory: Decimal | None =
 def python_cpu_count(cpu: Decimal) -> int:
     """PYTHON_CPU_COUNT: max(1, floor(cpu))."""
     return max(1, math.floor(cpu))
-
-
-def flag_warnings(
-    name: str, profile: Profile, server: ServerCommand | None, env: Mapping[str, str]
-) -> list[str]:
-    """Flags and variables that defeat the worker variable, or multiply it (threads > 1)."""
-    warnings = []
-    if server is not None:
-        warnings += _flags(name, profile, server.args, where="args")
-    for variable in profile.flag_env:
-        if variable in env:
-            try:
-                words = shlex.split(env[variable])
-            except ValueError:
-                words = env[variable].split()
-            warnings += _flags(name, profile, tuple(words), where=variable)
-    target = profile.env[0] if profile.env else "the worker count"
-    for variable in profile.override_env:
-        if variable in env:
-            warnings.append(
-                f"container {name!r}: {variable}={env[variable][:20]} overrides {target}"
-            )
-    return warnings
-
-
-def _flags(name: str, profile: Profile, args: tuple[str, ...], *, where: str) -> list[str]:
-    warnings = []
-    target = profile.env[0] if profile.env else "the worker count"
-    for flag in profile.flags if profile.env else ():  # without a variable, a flag is the way
-        value = option(args, flag)
-        if value is not None:
-            shown = next((f for f in profile.flags if f.startswith("--")), flag)
-            warnings.append(
-                f"container {name!r}: {shown} {value[:20]} in {where} overrides {target}"
-            )
-            break
-    for flag in profile.config_flags:
-        value = option(args, flag)
-        if value is not None:
-            warnings.append(
-                f"container {name!r}: config file {value[:40]} ({flag}) may set the worker count"
-            )
-            break
-    for flag in profile.solo_flags:
-        if flag in args:
-            warnings.append(
-                f"container {name!r}: {flag} in {where} runs one process; {target} unused"
-            )
-    for flag in profile.threads_flags:
-        threads = option(args, flag)
-        if threads is not None and (not threads.isdigit() or int(threads) > 1):
-            warnings.append(
-                f"container {name!r}: {profile.name} {flag} {threads[:20]} in {where} runs "
-                f"{target} x threads at once"
-            )
-    return warnings
-
-
-def option(args: tuple[str, ...], flag: str) -> str | None:
-    """The value of an option given as `-w 4`, `-w4`, `--workers 4` or `--workers=4`."""
-    short = not flag.startswith("--")
-    for i, arg in enumerate(args):
-        if arg == flag:
-            return args[i + 1] if i + 1 < len(args) else "?"
-        if arg.startswith(flag + "="):
-            return arg[len(flag) + 1 :]
-        if short and arg.startswith(flag) and not arg.startswith("--") and len(arg) > len(flag):
-            return arg[len(flag) :]
-    return None

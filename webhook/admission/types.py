@@ -1,15 +1,10 @@
-"""Typed shapes of the wire format (AdmissionReview v1) and of image metadata."""
+"""Typed shapes of the wire format (AdmissionReview v1) and of the lookups a review may make."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired, Protocol, TypedDict
+from typing import Literal, NotRequired, Protocol, TypedDict
 
-Runtime = Literal["gunicorn", "uvicorn", "python"]
-RUNTIMES: tuple[Runtime, ...] = ("gunicorn", "uvicorn", "python")
-
-# A Kubernetes object as plain JSON data. Pods are handled as dicts end to end so that
-# every field the webhook does not know about passes through untouched.
-Obj = dict[str, Any]
+from webhook.core.types import ImageConfig, Obj
 
 
 class GroupVersionKind(TypedDict):
@@ -50,15 +45,6 @@ class AdmissionResponse(TypedDict):
     patch: NotRequired[str]
     warnings: NotRequired[list[str]]
     auditAnnotations: NotRequired[dict[str, str]]
-
-
-class ImageConfig(TypedDict):
-    """The parts of an OCI image config that detection reads (config.Labels/Entrypoint/Cmd/Env)."""
-
-    labels: dict[str, str]
-    entrypoint: list[str] | None
-    cmd: list[str] | None
-    env: list[str]
 
 
 class ImageResolver(Protocol):

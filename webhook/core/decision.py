@@ -3,7 +3,7 @@
 The pod is never edited in place. The webhook only ever writes inside three places: its status
 annotation, and the `env` and `resizePolicy` arrays of target containers, addressed by the
 container's index. Each edit to those arrays is logged as the patch op that makes it
-(`webhook.patch.ArrayEdit`), so the patch applies in order by construction and cannot touch a
+(`webhook.core.patch.ArrayEdit`), so the patch applies in order by construction and cannot touch a
 container as a whole; tests hold it equal to `jsonpatch.make_patch` of the edited pod.
 """
 
@@ -17,26 +17,34 @@ from typing import Any
 
 import orjson
 
-from webhook import keys
-from webhook.config import Settings
-from webhook.detection import Source, Target, containers_of, opted_out, select_targets
-from webhook.patch import ArrayEdit, Path, op
-from webhook.policy import (
+from webhook.core import keys
+from webhook.core.annotations import annotations_of, boolean, word
+from webhook.core.detection import Source, Target, containers_of, opted_out, select_targets
+from webhook.core.env import (
+    CPU_LIMIT_MARK,
+    EnvContext,
+    plain_env,
+    reconcile,
+    remove_own,
+    unread_warnings,
+)
+from webhook.core.flags import flag_warnings, sets_workers_itself
+from webhook.core.options import Options
+from webhook.core.patch import ArrayEdit, Path, op
+from webhook.core.profiles import GENERIC_PROFILE, Profile
+from webhook.core.types import ImageConfig, Obj
+from webhook.core.workers import (
+    CpuLimit,
     WorkerPolicy,
     cpu_limit,
     cpu_text,
-    flag_warnings,
     memory_limit,
-    option,
     pod_policy,
     python_cpu_count,
     worker_count,
 )
-from webhook.profiles import GENERIC_PROFILE, Profile
-from webhook.types import ImageConfig, Obj
 
 MAX_WARNING = 120
-CPU_LIMIT_MARK = "limits.cpu"  # how the status annotation records the downward-API CPU_LIMIT
 RESIZE_POLICY = {"resourceName": "cpu", "restartPolicy": "RestartContainer"}
 
 
@@ -54,6 +62,8 @@ class ContainerResult:
     skipped: str | None = None
     unread: tuple[str, ...] = ()  # envFrom sources never read that might set a variable
     workers: str | None = None  # "none": the runtime reads no worker variable
+    # The wanted names an unread envFrom source may set, with the sources (for the warning).
+    unread_names: Mapping[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def worker_count(self) -> str:
@@ -90,7 +100,7 @@ class Decision:
     def injected(self) -> list[ContainerResult]:
         return [c for c in self.containers if c.set]
 
-    # Cached: a decision may answer many identical reviews (see webhook/cache.py).
+    # Cached: a decision may answer many identical reviews (see webhook/admission/cache.py).
     @cached_property
     def status(self) -> dict[str, Obj]:
         """Per container, what was set and why (the status annotation's content, for logs)."""
@@ -134,31 +144,32 @@ def configmaps_to_read(pod: Obj) -> list[str]:
 
 def decide(
     pod: Obj,
-    settings: Settings,
+    options: Options,
     *,
     images: Mapping[str, ImageConfig] | None = None,
     configmaps: Mapping[str, frozenset[str]] | None = None,
 ) -> Decision:
     """Everything the webhook does to a Pod at CREATE, as data."""
     images = images or {}
-    annotations: Mapping[str, Any] = (pod.get("metadata") or {}).get("annotations") or {}
-    audit = settings.mode == "audit" or str(annotations.get(keys.MODE, "")).lower() == "audit"
+    annotations = annotations_of(pod)
+    audit = options.mode == "audit" or word(annotations, keys.MODE) == "audit"
     if opted_out(annotations):
         return Decision([], [], [], audit, "opted-out")
-    profiles = settings.profiles()
+    profiles = options.profiles
     targets, warnings = select_targets(pod, images, profiles)
     if not targets:
         return Decision([], _clean(warnings), [], audit, "no-target")
 
-    policy, more = pod_policy(settings, annotations)
+    policy, more = pod_policy(options, annotations)
     warnings += more
     located = _locate(pod)
-    env_context = _EnvContext(
+    env_context = EnvContext(
         previous=_previous_status(annotations),
-        override=str(annotations.get(keys.OVERRIDE, "")).strip().lower() == "true",
+        override=boolean(annotations, keys.OVERRIDE) is True,
         configmaps=configmaps or {},
-        multi=str(annotations.get(keys.MULTI_WORKER, "")).strip().lower() == "true",
+        env_from_unknown=options.env_from_unknown,
     )
+    multi = boolean(annotations, keys.MULTI_WORKER) is True
     results = []
     seen: set[str] = set()
     edits = []
@@ -173,14 +184,14 @@ def decide(
             ArrayEdit((*path, "resizePolicy"), container.get("resizePolicy")),
         )
         profile = profiles.get(target.runtime) or GENERIC_PROFILE
-        result, found = _apply(
-            pod, container, edit, target, policy, settings, env_context, profile=profile
-        )
+        wanted = _wanted(pod, container, target, policy, options, profile=profile, multi=multi)
+        result = _apply(container, edit, target, wanted, options, env_context, profile=profile)
         results.append(result)
         edits.append(edit)
-        warnings += found
+        warnings += wanted.warnings
+        warnings += unread_warnings(target.name, result.unread_names, result.set)
         image = images.get(container.get("image", ""))
-        warnings += flag_warnings(target.name, profile, target.server, _plain_env(container, image))
+        warnings += flag_warnings(target.name, profile, target.server, plain_env(container, image))
 
     status = orjson.dumps({r.name: r.status() for r in results}, option=orjson.OPT_SORT_KEYS)
     injected = [r for r in results if r.set]
@@ -207,11 +218,13 @@ class ContainerEdit:
 
 
 @dataclass(frozen=True)
-class _EnvContext:
-    previous: Mapping[str, Obj]
-    override: bool
-    configmaps: Mapping[str, frozenset[str]]
-    multi: bool  # the pod opted in to more than one worker where a runtime risks a crash
+class Wanted:
+    """What one target should get, before it meets the env the user wrote."""
+
+    values: dict[str, str]  # variable -> value (CPU_LIMIT_MARK for the downward API)
+    cpu: CpuLimit | None = None
+    skipped: str | None = None  # why it gets nothing
+    warnings: tuple[str, ...] = ()
 
 
 def _locate(pod: Obj) -> dict[str, tuple[Path, Obj]]:
@@ -254,45 +267,24 @@ def _previous_status(annotations: Mapping[str, Any]) -> Mapping[str, Obj]:
     return value if isinstance(value, dict) else {}
 
 
-def _cpu_limit_entry(container_name: str) -> Obj:
-    return {
-        "name": keys.CPU_LIMIT,
-        "valueFrom": {
-            "resourceFieldRef": {
-                "containerName": container_name,
-                "resource": "limits.cpu",
-                "divisor": "1",
-            }
-        },
-    }
-
-
-def _entry(name: str, value: str, container_name: str) -> Obj:
-    if value == CPU_LIMIT_MARK:
-        return _cpu_limit_entry(container_name)
-    return {"name": name, "value": value}
-
-
-def _apply(
+def _wanted(
     pod: Obj,
     container: Obj,
-    edit: ContainerEdit,
     target: Target,
     policy: WorkerPolicy,
-    settings: Settings,
-    ctx: _EnvContext,
+    options: Options,
     *,
     profile: Profile,
-) -> tuple[ContainerResult, list[str]]:
-    """Decide from the original `container`; log the env and resizePolicy changes in `edit`."""
+    multi: bool,
+) -> Wanted:
+    """What this target should get: its worker variable, CPU_LIMIT and PYTHON_CPU_COUNT."""
     if target.undecided:
-        skipped = f"runs {' or '.join(target.undecided)} by its arguments; not decided"
-        _remove_own(edit.env, target.name, ctx)
-        return ContainerResult(target.name, target.runtime, target.source, skipped=skipped), []
+        return Wanted(
+            {}, skipped=f"runs {' or '.join(target.undecided)} by its arguments; not decided"
+        )
     cpu, why = cpu_limit(pod, container)
     if cpu is None:
-        _remove_own(edit.env, target.name, ctx)
-        return ContainerResult(target.name, target.runtime, target.source, skipped=why), [why or ""]
+        return Wanted({}, skipped=why, warnings=(why or "",))
     warnings = []
     workers = worker_count(cpu.value, policy, memory=memory_limit(container))
     count = workers.count
@@ -301,69 +293,52 @@ def _apply(
             f"container {target.name!r}: memory limit caps {profile.env[0]} at {count}"
             " (memory-per-worker)"
         )
-    if count > 1 and profile.cli_workers_only and not _started_by_cli(target) and not ctx.multi:
+    if count > 1 and profile.cli_workers_only and not _started_by_cli(target) and not multi:
         warnings.append(
             f"{target.name!r}: {profile.name} not run by its CLI: {count} -> 1 worker (run(app) "
             f"exits above 1); opt in: {keys.MULTI_WORKER}"
         )
         count = 1
-    if not profile.env and not _sets_workers_itself(target, profile):
+    if not profile.env and not sets_workers_itself(profile, target.server):
         warnings.append(f"{target.name!r}: {profile.name} reads no worker variable; {profile.hint}")
-    desired = dict.fromkeys(profile.env, str(count))
-    workers_env = set(profile.env)
+    values = dict.fromkeys(profile.env, str(count))
     if cpu.source == "container":
-        desired[keys.CPU_LIMIT] = CPU_LIMIT_MARK
-    if settings.python_cpu_count:
-        desired[keys.PYTHON_CPU_COUNT] = str(python_cpu_count(cpu.value))
+        values[keys.CPU_LIMIT] = CPU_LIMIT_MARK
+    if options.python_cpu_count:
+        values[keys.PYTHON_CPU_COUNT] = str(python_cpu_count(cpu.value))
+    return Wanted(values, cpu, warnings=tuple(warnings))
 
-    ours = (ctx.previous.get(target.name) or {}).get("set") or {}
-    env = edit.env
-    applied: dict[str, str] = {}
-    kept: list[str] = []
-    unread: dict[str, list[str]] = {}  # names whose value an unread envFrom source may hold
-    for name in dict.fromkeys([*desired, *keys.FACTS, *ours]):
-        index = next((i for i, e in enumerate(env.items) if e.get("name") == name), None)
-        mine = index is not None and _is_own(env.items[index], ours, target.name)
-        owned, sources = _user_owns(container, name, index, mine=mine, ctx=ctx)
-        if sources and name in desired:
-            unread[name] = sources
-        # A fact is set over an unread source; a worker variable only if the cluster says so.
-        blocked = owned or bool(
-            sources and name in workers_env and settings.env_from_unknown == "skip"
-        )
-        if name not in desired or blocked:
-            if mine and index is not None:
-                env.delete(index)
-            if owned and name in desired:
-                kept.append(name)
-            continue
-        entry = _entry(name, desired[name], target.name)
-        if index is None:
-            env.append(entry)
-        else:
-            env.replace(index, entry)
-        applied[name] = desired[name]
-    warnings += _unread_warnings(target.name, unread, applied)
-    if settings.resize_restart and not target.init and workers_env & set(applied):
+
+def _apply(
+    container: Obj,
+    edit: ContainerEdit,
+    target: Target,
+    wanted: Wanted,
+    options: Options,
+    ctx: EnvContext,
+    *,
+    profile: Profile,
+) -> ContainerResult:
+    """Reconcile the target's env (and resizePolicy) with what it should get."""
+    if wanted.cpu is None:
+        remove_own(edit.env, target.name, ctx)
+        return ContainerResult(target.name, target.runtime, target.source, skipped=wanted.skipped)
+    worker_names = frozenset(profile.env)
+    done = reconcile(container, edit.env, wanted.values, worker_names=worker_names, ctx=ctx)
+    if options.resize_restart and not target.init and worker_names & set(done.applied):
         _add_resize_policy(edit.resize)
-    result = ContainerResult(
+    return ContainerResult(
         target.name,
         target.runtime,
         target.source,
-        cpu_text(cpu.value),
-        cpu.source,
-        applied,
-        tuple(kept),
-        unread=tuple(dict.fromkeys(s for sources in unread.values() for s in sources)),
+        cpu_text(wanted.cpu.value),
+        wanted.cpu.source,
+        done.applied,
+        done.kept,
+        unread=tuple(dict.fromkeys(s for sources in done.unread.values() for s in sources)),
         workers=None if profile.env else "none",
+        unread_names=done.unread,
     )
-    return result, warnings
-
-
-def _sets_workers_itself(target: Target, profile: Profile) -> bool:
-    """Whether the command line already gives the worker count by a flag."""
-    args = target.server.args if target.server is not None else ()
-    return any(option(args, flag) is not None for flag in profile.flags)
 
 
 def _started_by_cli(target: Target) -> bool:
@@ -371,87 +346,9 @@ def _started_by_cli(target: Target) -> bool:
     return target.server is not None and target.server.runtime == target.runtime
 
 
-def _unread_warnings(
-    name: str, unread: Mapping[str, list[str]], applied: Mapping[str, str]
-) -> list[str]:
-    """One warning per container naming every envFrom source that was not read."""
-    if not unread:
-        return []
-    sources = ", ".join(dict.fromkeys(s for found in unread.values() for s in found))
-    skipped = [n for n in unread if n not in applied]
-    replaced = [n for n in unread if n in applied]
-    said = []
-    if skipped:
-        said.append(f"{', '.join(skipped)} not set")
-    if replaced:
-        said.append(f"{', '.join(replaced)} set over it")
-    return [f"{name!r}: {sources} not read; {'; '.join(said)}"]
-
-
-def _user_owns(
-    container: Obj, name: str, index: int | None, *, mine: bool, ctx: _EnvContext
-) -> tuple[bool, list[str]]:
-    """Whether the user set `name` (an env entry, a ConfigMap key), and which unread sources may.
-
-    Kubernetes gives an `env` entry precedence over `envFrom`, so adding one would replace a
-    value the user provides through a ConfigMap or Secret. A Secret is never read, and a
-    ConfigMap only in-cluster: those are named, not claimed as kept.
-    """
-    if ctx.override:
-        return False, []
-    if index is not None and not mine:
-        return True, []
-    owned = False
-    unread: list[str] = []
-    for source in container.get("envFrom") or []:
-        prefix = source.get("prefix") or ""
-        if not name.startswith(prefix):
-            continue
-        key = name[len(prefix) :]
-        if source.get("secretRef") is not None:
-            unread.append(f"envFrom Secret {(source['secretRef'] or {}).get('name')!r}")
-            continue
-        configmap = (source.get("configMapRef") or {}).get("name")
-        if not isinstance(configmap, str) or configmap not in ctx.configmaps:
-            unread.append(f"envFrom ConfigMap {configmap!r}")
-        elif key in ctx.configmaps[configmap]:
-            owned = True
-    return owned, [] if owned else unread
-
-
-def _remove_own(env: ArrayEdit, name: str, ctx: _EnvContext) -> None:
-    """A target that lost its CPU limit since an earlier pass loses the env set then."""
-    ours = (ctx.previous.get(name) or {}).get("set") or {}
-    if not ours:
-        return
-    for index in reversed(range(len(env.items))):
-        if _is_own(env.items[index], ours, name):
-            env.delete(index)
-
-
-def _is_own(entry: Obj, ours: Mapping[str, str], container_name: str) -> bool:
-    """Whether an env entry is exactly what an earlier pass recorded setting (so it is ours)."""
-    name = entry.get("name")
-    return (
-        isinstance(name, str) and name in ours and entry == _entry(name, ours[name], container_name)
-    )
-
-
 def _add_resize_policy(policies: ArrayEdit) -> None:
     if not any(p.get("resourceName") == "cpu" for p in policies.items):
         policies.append(dict(RESIZE_POLICY))
-
-
-def _plain_env(container: Obj, image: ImageConfig | None) -> dict[str, str]:
-    """Literal env values the container will see (image Env, then the container's `value`s)."""
-    env: dict[str, str] = {}
-    for item in image["env"] if image else []:
-        name, _, value = str(item).partition("=")
-        env[name] = value
-    for entry in container.get("env") or []:
-        if "value" in entry:
-            env[str(entry.get("name"))] = str(entry["value"])
-    return env
 
 
 def _clean(warnings: list[str]) -> list[str]:

@@ -11,10 +11,13 @@ import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from typing import Any, Literal
 
 import yaml
+
+from webhook.core.flags import FlagReader
 
 Kind = Literal["server", "worker", "app"]
 KINDS: tuple[Kind, ...] = ("server", "worker", "app")
@@ -70,9 +73,10 @@ class Profile:
     hint: str = ""
     description: str = ""
 
-    @property
-    def reads_env(self) -> bool:
-        return bool(self.env)
+    @cached_property
+    def flag_reader(self) -> FlagReader:
+        """Its flags, compiled once: every flag the warnings and the policy look for."""
+        return FlagReader((*self.flags, *self.config_flags, *self.threads_flags))
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,11 @@ class ProfileSet:
     by_launcher: Mapping[str, tuple[tuple[tuple[str, ...], Profile], ...]] = field(
         default_factory=dict
     )
+    by_image_name: Mapping[str, Profile] = field(default_factory=dict)
+    # What each command line read with these profiles runs (webhook/core/commands.py).
+    commands_read: dict[tuple[str, ...], Any] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, profiles: Iterable[Profile]) -> ProfileSet:
@@ -92,16 +101,21 @@ class ProfileSet:
         executables: dict[str, Profile] = {}
         modules: dict[str, Profile] = {}
         launchers: dict[str, list[tuple[tuple[str, ...], Profile]]] = {}
+        images: dict[str, Profile] = {}
         for p in named.values():
             executables.update(dict.fromkeys(p.executables, p))
             modules.update(dict.fromkeys(p.modules, p))
             for launcher in p.launchers:
                 launchers.setdefault(launcher[0], []).append((launcher[1:], p))
+            for image in p.images:
+                images.setdefault(image, p)  # the first profile that names an image has it
+            _ = p.flag_reader  # compiled now, once, not on some pod's review
         return cls(
             named,
             executables,
             modules,
             {k: tuple(sorted(v, key=lambda e: -len(e[0]))) for k, v in launchers.items()},
+            images,
         )
 
     def get(self, name: str) -> Profile | None:
@@ -112,10 +126,7 @@ class ProfileSet:
 
     def by_image(self, repository: str) -> Profile | None:
         """The profile whose image list names this repository (registry and tag removed)."""
-        for p in self.profiles.values():
-            if repository in p.images:
-                return p
-        return None
+        return self.by_image_name.get(repository)
 
 
 GENERIC_PROFILE = Profile(GENERIC, "app", ("WEB_CONCURRENCY",))
@@ -193,7 +204,7 @@ def _profile(item: Any, where: str) -> Profile:
 @functools.cache
 def builtin() -> tuple[Profile, ...]:
     """The profiles shipped in the package."""
-    text = resources.files("webhook").joinpath("profiles.yaml").read_text(encoding="utf-8")
+    text = resources.files("webhook.core").joinpath("profiles.yaml").read_text(encoding="utf-8")
     return tuple(parse_profiles(yaml.safe_load(text), source="profiles.yaml"))
 
 

@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 
 import orjson
 
+from webhook.core.decision import Decision
+from webhook.core.types import ImageConfig, Obj
 from webhook.lru import LRU
-from webhook.mutation import Decision
-from webhook.types import ImageConfig, Obj
 
 DEFAULT_SIZE = 256  # about 4 MB when every entry is a distinct 16 KB pod
 # Keys are digests of the inputs, not the inputs: a pod spec can be tens of kilobytes.

@@ -1,4 +1,4 @@
-"""Fixtures for tests against real registries (imported by the registry tests, not a conftest).
+"""Shared fixtures: a test PKI, and real registries for the registry tests.
 
 Each registry is a real `docker-registry serve` process on a loopback port, one per module:
 plain HTTP, htpasswd basic auth, TLS with a test CA, and token auth with a test issuer.
@@ -28,7 +28,14 @@ from tests.registry_server import (
     free_port,
     registry_binary,
 )
-from webhook.certs import build_ca, build_leaf
+from tests.servers import Pki
+from webhook.certificates.authority import build_ca, build_leaf
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A test CA and a serving certificate for localhost and 127.0.0.1, one per module."""
+    return Pki.create(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

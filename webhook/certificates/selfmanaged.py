@@ -28,8 +28,9 @@ from typing import Any, Protocol
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from webhook import certs, logs
-from webhook.certs import KeyPair
+from webhook import logs
+from webhook.certificates import authority as certs
+from webhook.certificates.authority import KeyPair
 
 CA_CERT_KEY = "ca.crt"
 CA_KEY_KEY = "ca.key"

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.imageref import DOCKER_HUB, DOCKER_HUB_ALIASES
+from webhook import logs
+from webhook.registry.imageref import DOCKER_HUB, DOCKER_HUB_ALIASES
 
-log = logging.getLogger(__name__)
+log = logs.get("registry")
 
 # A mounted Secret changes in place; its file is looked at no more often than this.
 RELOAD_INTERVAL = 10.0

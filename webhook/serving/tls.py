@@ -16,7 +16,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webhook import certs, logs
+from webhook import logs
+from webhook.certificates import authority as certs
 from webhook.metrics import CERT_RELOADS
 
 log = logs.get("tls")
@@ -63,11 +64,14 @@ class ReloadingContext:
         self.loaded = _fingerprint(self.cert_file, self.key_file)
         ctx.load_cert_chain(self.cert_file, self.key_file)
         self.context = ctx
-        ACTIVE.append(self)
         return ctx
 
     def __call__(self, config: object, default: object) -> ssl.SSLContext:
         return self.build()
+
+    def healthy(self) -> bool:
+        """Whether this process serves with it (uvicorn built its context)."""
+        return self.context is not None
 
     def reload_if_changed(self) -> bool:
         """Load the files again if their content changed; True when a new pair is in use."""
@@ -91,10 +95,6 @@ class ReloadingContext:
         CERT_RELOADS.labels("ok").inc()
         log.info("serving certificate reloaded", extra={"cert_file": self.cert_file})
         return True
-
-
-# The contexts this process serves with; the app's watcher reloads each of them.
-ACTIVE: list[ReloadingContext] = []
 
 
 @dataclass(frozen=True)

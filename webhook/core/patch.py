@@ -10,16 +10,22 @@ and never reach outside the array they edit. Tests hold the result equal to the 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cached_property
 from typing import Any
 
-from webhook.types import Obj
+from webhook.core.types import Obj
 
 Path = tuple[str | int, ...]
 
 
 def pointer(path: Path) -> str:
     """A JSON Pointer (RFC 6901) for a path of keys and indexes: the one place that escapes."""
-    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)
+    text = ""
+    for part in path:
+        if isinstance(part, str) and ("~" in part or "/" in part):
+            part = part.replace("~", "~0").replace("/", "~1")
+        text += f"/{part}"
+    return text
 
 
 def op(name: str, path: Path, value: Any = None) -> Obj:
@@ -50,17 +56,22 @@ class ArrayEdit:
         self._ops: list[Obj] = []
 
     def append(self, value: Any) -> None:
-        self._ops.append(op("add", (*self.path, len(self.items)), value))
+        self._ops.append({"op": "add", "path": f"{self.pointer}/{len(self.items)}", "value": value})
         self.items.append(value)
 
     def replace(self, index: int, value: Any) -> None:
         if self.items[index] != value:
-            self._ops.append(op("replace", (*self.path, index), value))
+            self._ops.append({"op": "replace", "path": f"{self.pointer}/{index}", "value": value})
             self.items[index] = value
 
     def delete(self, index: int) -> None:
-        self._ops.append(op("remove", (*self.path, index)))
+        self._ops.append({"op": "remove", "path": f"{self.pointer}/{index}"})
         del self.items[index]
+
+    @cached_property
+    def pointer(self) -> str:
+        """The array's JSON Pointer, escaped once, when the first op needs it."""
+        return pointer(self.path)
 
     @property
     def changed(self) -> bool:
@@ -76,7 +87,7 @@ class ArrayEdit:
         if not self._ops:
             return []
         if not self.present:
-            return [op("add", self.path, self.items)] if self.items else []
+            return [{"op": "add", "path": self.pointer, "value": self.items}] if self.items else []
         if self.initial and not self.items:
-            return [op("remove", self.path)]
+            return [{"op": "remove", "path": self.pointer}]
         return list(self._ops)

@@ -1,4 +1,4 @@
-"""AdmissionReview in, AdmissionReview out: the wire format around `mutation.decide`. Pure.
+"""The AdmissionReview wire format: decode and check a review, build the response. Pure.
 
 Two kinds of error: `ReviewError` is the caller's fault (a malformed review, answered 4xx by
 the serving layer); anything else raised while deciding is ours and fails open (see `fail_open`).
@@ -6,14 +6,13 @@ the serving layer); anything else raised while deciding is ours and fails open (
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, cast
 
 import orjson
 
-from webhook.config import Settings
-from webhook.mutation import Decision, decide
-from webhook.types import AdmissionResponse, AdmissionReview, ImageConfig, Obj
+from webhook.admission.types import AdmissionResponse, AdmissionReview
+from webhook.core.decision import Decision
+from webhook.core.types import Obj
 
 API_VERSION = "admission.k8s.io/v1"
 OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
@@ -176,12 +175,6 @@ def _optional(value: Any, kind: type, where: str) -> None:
         raise ReviewError(f"{where} is not {expected}")
 
 
-def pod_of(review: AdmissionReview) -> Obj:
-    pod = review["request"].get("object") or {}
-    check_pod(pod)
-    return pod
-
-
 def allow(uid: str, *, warnings: list[str] | None = None) -> AdmissionResponse:
     response: AdmissionResponse = {"uid": uid, "allowed": True}
     if warnings:
@@ -220,17 +213,17 @@ def review_of(response: AdmissionResponse) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
 
 
-def mutate_review(
-    review: Mapping[str, Any],
-    settings: Settings,
-    *,
-    images: Mapping[str, ImageConfig] | None = None,
-    configmaps: Mapping[str, frozenset[str]] | None = None,
-) -> dict[str, Any]:
-    """A whole review to a whole response review, with no I/O (registry results passed in)."""
-    checked = check_review(review)
-    uid = checked["request"]["uid"]
-    if not is_pod_create(checked):
-        return review_of(allow(uid))
-    decision = decide(pod_of(checked), settings, images=images, configmaps=configmaps)
-    return review_of(respond(uid, decision))
+def pod_create_review(pod: Obj, *, namespace: str, uid: str) -> dict[str, Any]:
+    """The review kube-apiserver sends for creating `pod` (how `mutate` asks the handler)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": namespace,
+            "object": pod,
+        },
+    }

@@ -1,0 +1,33 @@
+"""A pod's annotations, read one way everywhere. Pure.
+
+Annotation values are strings the user typed: every word the webhook compares is read with
+surrounding space removed and case ignored (`" True"` is true, `"AUDIT"` is audit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from webhook.core.types import Obj
+
+NONE: Mapping[str, Any] = {}
+
+
+def annotations_of(pod: Obj) -> Mapping[str, Any]:
+    """The pod's annotations, or an empty mapping where it has none (or a malformed one)."""
+    metadata = pod.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    return annotations if isinstance(annotations, dict) else NONE
+
+
+def word(annotations: Mapping[str, Any], key: str) -> str:
+    """An annotation's value as a word: stripped and lower case; empty when absent."""
+    value = annotations.get(key)
+    return str(value).strip().lower() if value is not None else ""
+
+
+def boolean(annotations: Mapping[str, Any], key: str) -> bool | None:
+    """A boolean annotation: True for `true`, False for `false`, None when absent or neither."""
+    value = word(annotations, key)
+    return True if value == "true" else False if value == "false" else None

@@ -1,0 +1,217 @@
+"""Which containers are targets (SPEC "Which containers are targets"). Pure.
+
+The SPEC's rules in order: the opt-out annotation, a list of containers, a runtime annotation
+for the default container, then detection per app container from its command line (read by
+webhook/core/commands.py) or its image's metadata (label, Entrypoint and Cmd, name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from webhook.core import keys
+from webhook.core.annotations import annotations_of, boolean, word
+from webhook.core.commands import (
+    Branches,
+    ServerCommand,
+    effective_command,
+    find_server,
+    read_command,
+)
+from webhook.core.profiles import GENERIC, ProfileSet
+from webhook.core.types import ImageConfig, Obj
+
+Source = Literal["command", "image-label", "image-command", "image-name", "annotation"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A container that gets its runtime's worker variable, and why."""
+
+    name: str
+    init: bool
+    runtime: str
+    source: Source
+    server: ServerCommand | None = None
+    # A script that runs one of these by its arguments: recorded, never guessed.
+    undecided: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Detected:
+    """Rule 4's answer for one container: its runtime, how it was known, its command line."""
+
+    runtime: str
+    source: Source
+    server: ServerCommand | None
+
+
+def detect(
+    container: Obj, image: ImageConfig | None, profiles: ProfileSet
+) -> Detected | Branches | None:
+    """Rule 4 for one app container: its command/args, else the image's label, command or name.
+
+    An explicit `command` decides on its own: the image's label applies only to containers
+    that do not set `command`, since one image often serves both a web and a worker process.
+    """
+    command, args = container.get("command"), container.get("args")
+    own = [*(command or []), *(args or [])]
+    found = read_command(own, profiles) if own else None
+    if isinstance(found, ServerCommand):
+        return Detected(found.runtime, "command", found)
+    if command:
+        return found
+    if image is not None:
+        label = image["labels"].get(keys.IMAGE_RUNTIME_LABEL, "").strip().lower()
+        from_image = read_command(effective_command(container, image) or [], profiles)
+        server = from_image if isinstance(from_image, ServerCommand) else None
+        if label == GENERIC or profiles.get(label) is not None:
+            return Detected(label, "image-label", server)
+        if server is not None:
+            return Detected(server.runtime, "image-command", server)
+        if isinstance(from_image, Branches):
+            return from_image
+    if isinstance(container.get("image"), str):
+        profile = profiles.by_image(repository(container["image"]))
+        # The image's own command, or the subcommand of its entrypoint that serves.
+        if profile is not None and (not args or args[0] in profile.subcommands):
+            return Detected(profile.name, "image-name", None)
+    return found
+
+
+def repository(image: str) -> str:
+    """An image reference's repository, as profiles name it: no registry, tag or digest."""
+    name = image.split("@", 1)[0]
+    slash = name.rfind("/")
+    if ":" in name[slash + 1 :]:
+        name = name[: name.rindex(":")]
+    parts = name.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        parts = parts[1:]
+    if len(parts) > 1 and parts[0] == "library":
+        parts = parts[1:]
+    return "/".join(parts)
+
+
+def containers_of(pod: Obj) -> list[tuple[Obj, bool]]:
+    """(container, is_init) for every container of the pod, init containers first."""
+    spec = pod.get("spec") or {}
+    inits = [(c, True) for c in spec.get("initContainers") or [] if isinstance(c, dict)]
+    apps = [(c, False) for c in spec.get("containers") or [] if isinstance(c, dict)]
+    return inits + apps
+
+
+def default_container(pod: Obj, annotations: Mapping[str, Any]) -> tuple[Obj | None, list[str]]:
+    """The container named by kubectl's default-container annotation, else the first one."""
+    apps = [c for c, init in containers_of(pod) if not init]
+    wanted = annotations.get(keys.DEFAULT_CONTAINER)
+    if wanted:
+        for c in apps:
+            if c.get("name") == wanted:
+                return c, []
+        first = apps[0].get("name") if apps else None
+        return (apps[0] if apps else None), [
+            f"{keys.DEFAULT_CONTAINER} names missing container {wanted!r}; using {first!r}"
+        ]
+    return (apps[0] if apps else None), []
+
+
+def images_to_resolve(pod: Obj, profiles: ProfileSet) -> list[str]:
+    """Images whose registry metadata could decide detection (rule 4 only)."""
+    annotations = annotations_of(pod)
+    if (
+        opted_out(annotations)
+        or annotations.get(keys.CONTAINERS)
+        or word(annotations, keys.RUNTIME)
+    ):
+        return []
+    wanted: list[str] = []
+    for container, init in containers_of(pod):
+        if init or container.get("command") or not isinstance(container.get("image"), str):
+            continue
+        if container.get("args") and find_server(list(container["args"]), profiles) is not None:
+            continue
+        if container["image"] not in wanted:
+            wanted.append(container["image"])
+    return wanted
+
+
+def opted_out(annotations: Mapping[str, Any]) -> bool:
+    """Rule 1: `concurrency-injector.io/inject: "false"`."""
+    return boolean(annotations, keys.INJECT) is False
+
+
+def select_targets(
+    pod: Obj, images: Mapping[str, ImageConfig], profiles: ProfileSet
+) -> tuple[list[Target], list[str]]:
+    """Apply the SPEC's rules in order; returns the targets and warnings."""
+    annotations = annotations_of(pod)
+    if opted_out(annotations):
+        return [], []
+    warnings: list[str] = []
+    runtime_value = word(annotations, keys.RUNTIME)
+    runtime: str | None = None
+    if runtime_value:
+        if runtime_value == GENERIC or profiles.get(runtime_value) is not None:
+            runtime = runtime_value
+        else:
+            warnings.append(
+                f"{keys.RUNTIME}={runtime_value[:40]!r} names no active profile; ignored"
+            )
+
+    listed = annotations.get(keys.CONTAINERS)
+    if listed:
+        return _listed(pod, str(listed), runtime, images, profiles, warnings)
+    if runtime is not None:
+        container, more = default_container(pod, annotations)
+        warnings += more
+        if container is None:
+            return [], warnings
+        command = [*(container.get("command") or []), *(container.get("args") or [])]
+        server = find_server(command, profiles)
+        name = str(container.get("name"))
+        return [Target(name, False, runtime, "annotation", server)], warnings
+
+    targets = []
+    for container, init in containers_of(pod):
+        if init:
+            continue
+        name = str(container.get("name"))
+        found = detect(container, images.get(container.get("image", "")), profiles)
+        if isinstance(found, Detected):
+            targets.append(Target(name, False, found.runtime, found.source, found.server))
+        elif isinstance(found, Branches):
+            targets.append(Target(name, False, "unknown", "command", undecided=found.runtimes))
+            warnings.append(
+                f"container {name!r} runs {' or '.join(found.runtimes)} by its arguments: "
+                f"not a target; name it in {keys.CONTAINERS}"
+            )
+    return targets, warnings
+
+
+def _listed(
+    pod: Obj,
+    listed: str,
+    runtime: str | None,
+    images: Mapping[str, ImageConfig],
+    profiles: ProfileSet,
+    warnings: list[str],
+) -> tuple[list[Target], list[str]]:
+    names = [n.strip() for n in listed.split(",") if n.strip()]
+    by_name = {c.get("name"): (c, init) for c, init in containers_of(pod)}
+    targets = []
+    for name in dict.fromkeys(names):
+        if name not in by_name:
+            warnings.append(
+                f"{keys.CONTAINERS} lists {name[:40]!r}, which is not a container of this pod"
+            )
+            continue
+        container, init = by_name[name]
+        found = detect(container, images.get(container.get("image", "")), profiles)
+        detected = found if isinstance(found, Detected) else None
+        server = detected.server if detected else None
+        chosen = runtime or (detected.runtime if detected else GENERIC)
+        targets.append(Target(name, init, chosen, "annotation", server))
+    return targets, warnings
