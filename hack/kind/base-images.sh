@@ -55,7 +55,8 @@ rootfs_image() {
     packages="PACKAGES_$name"
     command -v debootstrap >/dev/null 2>&1 || {
         [ "$(id -u)" = 0 ] || cannot "debootstrap is not installed and only root may install it"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null \
+        { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1 \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }; } \
             || cannot "apt-get install debootstrap failed"
     }
     started="$(date +%s)"

@@ -64,7 +64,8 @@ build_runc() {
     command -v gcc >/dev/null 2>&1 || cannot "runc needs gcc (cgo)"
     if ! pkg-config --exists libseccomp 2>/dev/null; then
         [ "$(id -u)" = 0 ] || cannot "runc needs libseccomp-dev and pkg-config"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libseccomp-dev pkg-config >/dev/null \
+        { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libseccomp-dev pkg-config >/dev/null 2>&1 \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libseccomp-dev pkg-config >/dev/null; }; } \
             || cannot "apt-get install libseccomp-dev pkg-config failed"
     fi
     CGO_ENABLED=1 go install -trimpath -tags "seccomp urfave_cli_no_docs" \
