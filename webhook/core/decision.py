@@ -13,7 +13,7 @@ import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -45,6 +45,8 @@ from webhook.core.workers import (
 )
 
 MAX_WARNING = 120
+# Why a target got nothing: no usable CPU limit, or a script whose server is not known.
+SkipReason = Literal["no-cpu-limit", "undecided"]
 RESIZE_POLICY = {"resourceName": "cpu", "restartPolicy": "RestartContainer"}
 
 
@@ -60,6 +62,7 @@ class ContainerResult:
     set: dict[str, str] = field(default_factory=dict)
     kept: tuple[str, ...] = ()
     skipped: str | None = None
+    skip_reason: SkipReason | None = None  # why it got nothing, as a metrics label
     unread: tuple[str, ...] = ()  # envFrom sources never read that might set a variable
     workers: str | None = None  # "none": the runtime reads no worker variable
     # The wanted names an unread envFrom source may set, with the sources (for the warning).
@@ -108,10 +111,18 @@ class Decision:
 
     @cached_property
     def outcome(self) -> str:
-        """patched, unchanged, or audit (would have patched)."""
+        """What the answer does: the requests metric's label and the log line's `outcome`.
+
+        `patched` edits a container (env or resizePolicy); `annotated` writes only the status
+        annotation (every target was skipped or kept the user's values, e.g. no CPU limit);
+        `unchanged` carries no patch; `audit` would have set something.
+        """
         if self.audit and self.injected:
             return "audit"
-        return "patched" if self.patch else "unchanged"
+        if not self.patch:
+            return "unchanged"
+        edits_containers = any(not o["path"].startswith("/metadata") for o in self.patch)
+        return "patched" if edits_containers else "annotated"
 
     @cached_property
     def summary_json(self) -> bytes:
@@ -195,7 +206,7 @@ def decide(
 
     status = orjson.dumps({r.name: r.status() for r in results}, option=orjson.OPT_SORT_KEYS)
     injected = [r for r in results if r.set]
-    reason = None if injected else "no-cpu-limit"
+    reason = None if injected else _why_nothing(results)
     if audit:
         for r in injected:
             values = ", ".join(f"{k}={v}" for k, v in r.set.items())
@@ -224,7 +235,16 @@ class Wanted:
     values: dict[str, str]  # variable -> value (CPU_LIMIT_MARK for the downward API)
     cpu: CpuLimit | None = None
     skipped: str | None = None  # why it gets nothing
+    skip_reason: SkipReason | None = None
     warnings: tuple[str, ...] = ()
+
+
+def _why_nothing(results: list[ContainerResult]) -> str:
+    """Why no target got anything: a missing CPU limit first, then an undecided script."""
+    for reason in ("no-cpu-limit", "undecided"):
+        if any(r.skip_reason == reason for r in results):
+            return reason
+    return "user-set"  # every value was already set by the user (or none to set)
 
 
 def _locate(pod: Obj) -> dict[str, tuple[Path, Obj]]:
@@ -280,11 +300,13 @@ def _wanted(
     """What this target should get: its worker variable, CPU_LIMIT and PYTHON_CPU_COUNT."""
     if target.undecided:
         return Wanted(
-            {}, skipped=f"runs {' or '.join(target.undecided)} by its arguments; not decided"
+            {},
+            skipped=f"runs {' or '.join(target.undecided)} by its arguments; not decided",
+            skip_reason="undecided",
         )
     cpu, why = cpu_limit(pod, container)
     if cpu is None:
-        return Wanted({}, skipped=why, warnings=(why or "",))
+        return Wanted({}, skipped=why, skip_reason="no-cpu-limit", warnings=(why or "",))
     warnings = []
     workers = worker_count(cpu.value, policy, memory=memory_limit(container))
     count = workers.count
@@ -322,7 +344,13 @@ def _apply(
     """Reconcile the target's env (and resizePolicy) with what it should get."""
     if wanted.cpu is None:
         remove_own(edit.env, target.name, ctx)
-        return ContainerResult(target.name, target.runtime, target.source, skipped=wanted.skipped)
+        return ContainerResult(
+            target.name,
+            target.runtime,
+            target.source,
+            skipped=wanted.skipped,
+            skip_reason=wanted.skip_reason,
+        )
     worker_names = frozenset(profile.env)
     done = reconcile(container, edit.env, wanted.values, worker_names=worker_names, ctx=ctx)
     if options.resize_restart and not target.init and worker_names & set(done.applied):
