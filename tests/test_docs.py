@@ -1,0 +1,81 @@
+"""The READMEs say what the code does: settings, metrics, chart values and example outputs.
+
+Each list is read from the code (the settings dataclass, the metrics the package registers,
+values.yaml, the commands themselves), never copied by hand, and compared both ways.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from prometheus_client.metrics import MetricWrapperBase
+
+import webhook
+from webhook.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+NAME = re.compile(r"`([^`]+)`")
+
+
+def table_after(text: str, marker: str) -> list[list[str]]:
+    """The cells of each body row of the first Markdown table after `marker`."""
+    lines = text[text.index(marker) :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2 :]:  # past the header and its |---| line
+        if not line.startswith("|"):
+            break
+        cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+        rows.append([c.strip() for c in cells])
+    return rows
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+def test_settings_table_lists_every_setting_and_only_those() -> None:
+    """README "Configuration": one row (or a name in a row) per `Settings` field."""
+    rows = table_after(README.read_text(), "## Configuration")
+    documented = [name for row in rows for name in NAME.findall(row[0])]
+    assert len(documented) == len(set(documented)), "a setting is listed twice"
+    defined = {f.name.upper() for f in fields(Settings)}
+    assert sorted(defined - set(documented)) == [], "settings missing from the README"
+    assert sorted(set(documented) - defined) == [], "README rows that are no setting"
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+
+def registered_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every metric any module of the package defines: exposed name -> (type, label names)."""
+    for info in pkgutil.walk_packages(webhook.__path__, "webhook."):
+        if not info.name.endswith("__main__"):  # that one runs the command line
+            importlib.import_module(info.name)
+    found: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("webhook"):
+            continue
+        for value in vars(module).values():
+            if isinstance(value, MetricWrapperBase):
+                family = next(iter(value.describe()))
+                exposed = family.name + ("_total" if family.type == "counter" else "")
+                found[exposed] = (family.type, tuple(value._labelnames))
+    return found
+
+
+def test_metrics_table_lists_every_metric_with_its_type_and_labels() -> None:
+    rows = table_after(README.read_text(), "Metrics on `GET /metrics`")
+    documented = {
+        NAME.findall(row[0])[0]: (row[1], tuple(NAME.findall(row[2]))) for row in rows
+    }
+    registered = registered_metrics()
+    assert len(registered) >= 10
+    assert sorted(set(registered) - set(documented)) == [], "metrics missing from the README"
+    assert sorted(set(documented) - set(registered)) == [], "README rows that are no metric"
+    assert documented == registered
