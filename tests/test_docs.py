@@ -9,10 +9,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+import shlex
+import subprocess
 import sys
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
 import webhook
@@ -20,7 +23,9 @@ from webhook.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+CHART = ROOT / "charts" / "concurrency-injector"
 NAME = re.compile(r"`([^`]+)`")
+OUTPUT_MARK = re.compile(r"<!-- output: (.+?) -->\n```[a-z]*\n(.*?)```", re.S)
 
 
 def table_after(text: str, marker: str) -> list[list[str]]:
@@ -79,3 +84,71 @@ def test_metrics_table_lists_every_metric_with_its_type_and_labels() -> None:
     assert sorted(set(registered) - set(documented)) == [], "metrics missing from the README"
     assert sorted(set(documented) - set(registered)) == [], "README rows that are no metric"
     assert documented == registered
+
+
+# --- chart values ---------------------------------------------------------------------------------
+
+
+def test_chart_readme_values_table_is_current() -> None:
+    """hack/chart-readme.py --check: every value of values.yaml has its row, generated from the
+    comment above its key, and the table holds nothing else."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "hack" / "chart-readme.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_value_named_in_a_chart_readme_table_exists() -> None:
+    """Rows of the chart README's other tables name real values (e.g. the settings table)."""
+    import yaml
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def exists(dotted: str) -> bool:
+        node = values
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    text = (CHART / "README.md").read_text()
+    rows = table_after(text, "The server's settings:")
+    named = [n for row in rows for n in NAME.findall(row[0])]
+    assert named
+    assert [n for n in named if not exists(n)] == []
+
+
+# --- example outputs ------------------------------------------------------------------------------
+
+
+def marked_outputs() -> list[tuple[str, str]]:
+    """README blocks preceded by `<!-- output: COMMAND -->`: (command, the block's text)."""
+    return [(m[1], m[2]) for m in OUTPUT_MARK.finditer(README.read_text())]
+
+
+def test_readme_marks_its_example_outputs() -> None:
+    commands = [command for command, _ in marked_outputs()]
+    assert any("-o patch" in c for c in commands)
+
+
+@pytest.mark.parametrize(("command", "block"), marked_outputs(), ids=lambda v: v[:60])
+def test_readme_example_output_is_what_the_command_prints(command: str, block: str) -> None:
+    argv = shlex.split(command)
+    assert argv[0] == "concurrency-injector"
+    done = subprocess.run(
+        [sys.executable, "-m", "webhook", *argv[1:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    shown = block
+    if shown.startswith("$ "):  # a console block: the prompt line, then what was printed
+        first, _, shown = shown.partition("\n")
+        assert first[2:] == command
+    assert shown.rstrip("\n") == (done.stdout + done.stderr).rstrip("\n")
