@@ -99,9 +99,9 @@ def test_admission_review_in_gives_a_response_review_out() -> None:
 
 
 def test_warnings_go_to_stderr() -> None:
-    p = pod(gunicorn(cpu="2", args=["-w", "4"]))
+    p = pod(gunicorn(cpu="2", args=["-w", "2"]))
     result = run("-f", "-", "--no-registry", stdin=json.dumps(p))
-    assert result.stderr == "Warning: document 1: container 'web': --workers 4 in args overrides WEB_CONCURRENCY\n"
+    assert result.stderr == "Warning: document 1: container 'web': --workers 2 in args overrides WEB_CONCURRENCY\n"
     assert "WEB_CONCURRENCY" in result.stdout
 
 

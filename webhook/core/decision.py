@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ from webhook.core.env import (
     remove_own,
     unread_warnings,
 )
-from webhook.core.flags import flag_warnings, sets_workers_itself
+from webhook.core.flags import flag_warnings, sets_workers_itself, threads_of
 from webhook.core.options import Options
 from webhook.core.patch import ArrayEdit, Path, op
 from webhook.core.profiles import GENERIC_PROFILE, Profile
@@ -65,6 +65,7 @@ class ContainerResult:
     skip_reason: SkipReason | None = None  # why it got nothing, as a metrics label
     unread: tuple[str, ...] = ()  # envFrom sources never read that might set a variable
     workers: str | None = None  # "none": the runtime reads no worker variable
+    threads: str | None = None  # threads per worker its command line sets (recorded, not warned)
     # The wanted names an unread envFrom source may set, with the sources (for the warning).
     unread_names: Mapping[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
 
@@ -85,6 +86,8 @@ class ContainerResult:
             entry["unread"] = list(self.unread)
         if self.workers:
             entry["workers"] = self.workers
+        if self.threads:
+            entry["threads"] = self.threads
         return entry
 
 
@@ -197,12 +200,17 @@ def decide(
         profile = profiles.get(target.runtime) or GENERIC_PROFILE
         wanted = _wanted(pod, container, target, policy, options, profile=profile, multi=multi)
         result = _apply(container, edit, target, wanted, options, env_context, profile=profile)
+        image = images.get(container.get("image", ""))
+        env = plain_env(container, image)
+        threads = threads_of(profile, target.server, env)
+        if threads is not None:
+            result = replace(result, threads=threads)
         results.append(result)
         edits.append(edit)
         warnings += wanted.warnings
         warnings += unread_warnings(target.name, result.unread_names, result.set)
-        image = images.get(container.get("image", ""))
-        warnings += flag_warnings(target.name, profile, target.server, plain_env(container, image))
+        cpu = wanted.cpu.value if wanted.cpu is not None else None
+        warnings += flag_warnings(target.name, profile, target.server, env, cpu=cpu)
 
     status = orjson.dumps({r.name: r.status() for r in results}, option=orjson.OPT_SORT_KEYS)
     injected = [r for r in results if r.set]
