@@ -152,3 +152,19 @@ def test_readme_example_output_is_what_the_command_prints(command: str, block: s
         first, _, shown = shown.partition("\n")
         assert first[2:] == command
     assert shown.rstrip("\n") == (done.stdout + done.stderr).rstrip("\n")
+
+
+# --- no claim of a release that does not exist ----------------------------------------------------
+
+USER_DOCS = [README, CHART / "README.md", CHART / "templates" / "NOTES.txt"]
+
+
+@pytest.mark.parametrize("path", USER_DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_docs_claim_no_published_package_and_mark_release_placeholders(path: Path) -> None:
+    """No release exists yet: nothing says `pip install concurrency-injector` or adds a Helm
+    repository, and every ghcr.io name of this project has the placeholder OWNER."""
+    text = path.read_text()
+    assert "pip install concurrency-injector" not in text
+    assert "helm repo add" not in text
+    own = re.findall(r"ghcr\.io/([^/\s`'\"]+)/(?:charts/)?concurrency-injector", text)
+    assert set(own) <= {"OWNER"}, own
