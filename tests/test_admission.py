@@ -1,14 +1,19 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import logging
+import sys
 from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.podgen import container, gunicorn, pod, review
-from webhook.admission.handler import mutate_review
+from webhook import logs
+from webhook.admission.handler import AdmissionHandler, mutate_review
 from webhook.admission.review import (
     FAIL_OPEN_WARNING,
     ReviewError,
@@ -180,3 +185,57 @@ def test_audit_annotation_names_each_runtimes_own_worker_count() -> None:
     )
     resp = mutate_review(review(p), Settings())["response"]
     assert resp["auditAnnotations"] == {"injected-web": "3", "injected-jobs": "2", "injected-asgi": "none"}
+
+
+USER_SET = [{"name": n, "value": "3"} for n in ("WEB_CONCURRENCY", "CPU_LIMIT", "PYTHON_CPU_COUNT")]
+
+
+@pytest.mark.parametrize(
+    ("p", "message", "outcome", "reason", "skip"),
+    [
+        (pod(gunicorn(cpu="2")), "pod mutated", "patched", None, None),
+        (pod(gunicorn(cpu=None)), "pod reviewed", "annotated", "no-cpu-limit",
+         "container-no-cpu-limit"),
+        (pod(gunicorn(cpu="2", env=USER_SET)), "pod reviewed", "annotated", "user-set", None),
+        (pod(container("web", command=["sh", "-c", 'case "$1" in a) exec gunicorn app;; '
+                                         'b) exec celery -A p worker;; esac'])),
+         "pod reviewed", "annotated", "undecided", "container-undecided"),
+    ],
+    ids=["limit", "no-limit", "user-set", "undecided"],
+)
+def test_log_line_and_metrics_say_what_the_answer_does(
+    p: dict[str, Any],
+    message: str,
+    outcome: str,
+    reason: str | None,
+    skip: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only an answer that edits a container is `patched`; a status annotation alone is not."""
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+
+    def skips(label: str | None) -> float:
+        if label is None:
+            return 0.0
+        return REGISTRY.get_sample_value(
+            "concurrency_injector_skips_total", {"reason": label}
+        ) or 0.0
+
+    before = skips(skip), skips(reason)
+    try:
+        logs.setup("info", "json")
+        answer = AdmissionHandler(Settings(no_registry=True)).handle_now(review(p))
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert answer.outcome == outcome
+    assert answer.patch  # each of them writes at least the status annotation
+    entry = json.loads(stream.getvalue())
+    assert (entry["msg"], entry["outcome"], entry["reason"]) == (message, outcome, reason)
+    if skip is not None:
+        assert skips(skip) == before[0] + 1
+    if reason is not None:
+        assert skips(reason) == before[1] + 1

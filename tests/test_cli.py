@@ -24,7 +24,13 @@ def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
     )
 
 
-@pytest.mark.parametrize("name", ["gunicorn-deployment", "uvicorn-deployment"])
+def test_every_example_has_its_expected_result() -> None:
+    examples = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
+    assert examples
+    assert examples == sorted(p.name for p in (EXAMPLES / "expected").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.yaml")))
 def test_examples_turn_into_the_expected_result(name: str) -> None:
     result = run("-f", str(EXAMPLES / f"{name}.yaml"), "--no-registry")
     assert result.returncode == 0, result.stderr
@@ -93,9 +99,9 @@ def test_admission_review_in_gives_a_response_review_out() -> None:
 
 
 def test_warnings_go_to_stderr() -> None:
-    p = pod(gunicorn(cpu="2", args=["-w", "4"]))
+    p = pod(gunicorn(cpu="2", args=["-w", "2"]))
     result = run("-f", "-", "--no-registry", stdin=json.dumps(p))
-    assert result.stderr == "Warning: document 1: container 'web': --workers 4 in args overrides WEB_CONCURRENCY\n"
+    assert result.stderr == "Warning: document 1: container 'web': --workers 2 in args overrides WEB_CONCURRENCY\n"
     assert "WEB_CONCURRENCY" in result.stdout
 
 

@@ -357,7 +357,7 @@ def test_reinvocation_removes_own_env_when_the_limit_went_away() -> None:
 
 def test_warnings_are_at_most_120_characters() -> None:
     long_name = "c" * 63
-    p = pod(gunicorn(long_name, cpu=None, args=["-w", "9" * 80, "--threads", "8" * 80]))
+    p = pod(gunicorn(long_name, cpu=None, args=["-w", "9" * 80, "-c", "8" * 80]))
     warnings = decide(p, Settings().options).warnings
     assert len(warnings) == 3
     assert all(len(w) <= 120 for w in warnings)

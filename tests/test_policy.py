@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from tests.podgen import container, gunicorn, pod
 from webhook.config import Settings
 from webhook.core.commands import ServerCommand
+from webhook.core.decision import decide
 from webhook.core.flags import FlagReader, flag_warnings
 from webhook.core.workers import (
     CpuLimit,
@@ -211,20 +212,11 @@ def test_pod_policy_min_above_max_uses_max() -> None:
         (("-w8",), {}, ["container 'web': --workers 8 in args overrides WEB_CONCURRENCY"]),
         (("--workers=3",), {}, ["container 'web': --workers 3 in args overrides WEB_CONCURRENCY"]),
         (("--threads", "1"), {}, []),
-        (
-            ("--threads", "4"),
-            {},
-            [
-                "container 'web': gunicorn --threads 4 in args runs WEB_CONCURRENCY x threads at once"
-            ],
-        ),
+        (("--threads", "4"), {}, []),  # recorded in the status, never warned (throttle lab)
         (
             (),
             {"GUNICORN_CMD_ARGS": "--workers 5 --threads=2"},
-            [
-                "container 'web': --workers 5 in GUNICORN_CMD_ARGS overrides WEB_CONCURRENCY",
-                "container 'web': gunicorn --threads 2 in GUNICORN_CMD_ARGS runs WEB_CONCURRENCY x threads at once",
-            ],
+            ["container 'web': --workers 5 in GUNICORN_CMD_ARGS overrides WEB_CONCURRENCY"],
         ),
     ],
     ids=["none", "short", "short-joined", "long-equals", "threads-1", "threads-4", "cmd-args-env"],
@@ -278,3 +270,65 @@ def test_the_compiled_reader_reads_each_flag_as_the_reference(
 ) -> None:
     found = FlagReader(flags).read(args)
     assert {f: v for f in flags if (v := option(args, f)) is not None} == found
+
+
+# --- an explicit worker count above the CPU limit, for every runtime with a worker flag ----------
+
+PROFILES = Settings().profiles().profiles
+WITH_WORKER_FLAGS = sorted(name for name, p in PROFILES.items() if p.flags)
+
+
+def command_of(name: str) -> list[str]:
+    """A command line that the profile `name` recognises (from its own data)."""
+    profile = PROFILES[name]
+    if profile.launchers:
+        return list(profile.launchers[0])
+    if profile.executables:
+        return [profile.executables[0], *profile.subcommands[:1]]
+    raise AssertionError(f"profile {name} names no command")
+
+
+@pytest.mark.parametrize(
+    ("runtime", "flag"),
+    [(name, flag) for name in WITH_WORKER_FLAGS for flag in PROFILES[name].flags],
+    ids=lambda v: v,
+)
+def test_worker_flag_above_the_cpu_limit_is_warned(runtime: str, flag: str) -> None:
+    def warnings(cpu: str) -> list[str]:
+        p = pod(container("app", command=[*command_of(runtime), flag, "8"], cpu=cpu))
+        decision = decide(p, Settings().options)
+        assert decision.containers[0].runtime == runtime
+        return decision.warnings
+
+    above = [w for w in warnings("1") if " 8 in args" in w]
+    assert len(above) == 1, warnings("1")
+    assert above[0].endswith("above the CPU limit (1)")
+    assert not any("above the CPU limit" in w for w in warnings("8"))
+
+
+@pytest.mark.parametrize(
+    ("runtime", "variable", "value"),
+    [(n, v, "--workers 8" if v in PROFILES[n].flag_env else "8")
+     for n in sorted(PROFILES) for v in (*PROFILES[n].flag_env, *PROFILES[n].override_env)],
+    ids=lambda v: v,
+)
+def test_worker_count_in_a_variable_above_the_cpu_limit_is_warned(
+    runtime: str, variable: str, value: str
+) -> None:
+    def warnings(cpu: str) -> list[str]:
+        env = [{"name": variable, "value": value}]
+        p = pod(container("app", command=command_of(runtime), cpu=cpu, env=env))
+        return decide(p, Settings().options).warnings
+
+    assert [w for w in warnings("1") if "above the CPU limit (1)" in w] == [
+        w for w in warnings("1") if variable in w
+    ]
+    assert any(variable in w for w in warnings("1"))
+    assert not any("above the CPU limit" in w for w in warnings("16"))
+
+
+def test_threads_are_recorded_in_the_status_not_warned() -> None:
+    p = pod(gunicorn(args=["--threads", "8"]))
+    decision = decide(p, Settings().options)
+    assert decision.warnings == []
+    assert decision.status["web"]["threads"] == "8"

@@ -55,7 +55,7 @@ def test_a_user_profile_for_an_in_house_launcher() -> None:
     decision = decide(p, settings.options)
     assert decision.containers[0].set == {
         "ACME_WORKERS": "2", "CPU_LIMIT": "limits.cpu", "PYTHON_CPU_COUNT": "2"}
-    assert decision.warnings == ["container 'web': --procs 3 in args overrides ACME_WORKERS"]
+    assert decision.warnings == ["container 'web': --procs 3 in args overrides ACME_WORKERS, above the CPU limit (2)"]
 
 
 def test_disabled_runtime_is_never_a_target_and_an_unknown_name_stops_start_up() -> None:
@@ -121,21 +121,23 @@ ENV: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
     ("granian", container(command=["granian", "main:app"], cpu="3"),
      {"GRANIAN_WORKERS": "3"}, []),
     ("uwsgi-flag", container(command=["uwsgi", "--http", ":80", "-p", "8"], cpu="2"),
-     {"UWSGI_PROCESSES": "2"}, ["container 'web': --processes 8 in args overrides UWSGI_PROCESSES"]),
+     {"UWSGI_PROCESSES": "2"}, ["container 'web': --processes 8 in args overrides UWSGI_PROCESSES, above the CPU limit (2)"]),
     ("uwsgi-ini", container(command=["uwsgi", "--ini", "app.ini"], cpu="2"),
      {"UWSGI_PROCESSES": "2"}, ["container 'web': config file app.ini (--ini) may set the worker count"]),
     ("celery", container(command=["celery", "-A", "p", "worker"], cpu="1500m"),
      {"CELERY_WORKER_CONCURRENCY": "1"}, []),
     ("celery-c", container(command=["celery", "-A", "p", "worker", "-c", "9"], cpu="2"),
-     {"CELERY_WORKER_CONCURRENCY": "2"}, ["container 'web': --concurrency 9 in args overrides CELERY_WORKER_CONCURRENCY"]),
+     {"CELERY_WORKER_CONCURRENCY": "2"}, ["container 'web': --concurrency 9 in args overrides CELERY_WORKER_CONCURRENCY, above the CPU limit (2)"]),
     ("uvicorn-reload", container(command=["uvicorn", "a:b", "--reload"], cpu="2"),
      {"WEB_CONCURRENCY": "2"}, ["container 'web': --reload in args runs one process; WEB_CONCURRENCY unused"]),
     ("uvicorn-env", container(command=["uvicorn", "a:b"], cpu="2", env=[{"name": "UVICORN_WORKERS", "value": "6"}]),
-     {"WEB_CONCURRENCY": "2"}, ["container 'web': UVICORN_WORKERS=6 overrides WEB_CONCURRENCY"]),
+     {"WEB_CONCURRENCY": "2"}, ["container 'web': UVICORN_WORKERS=6 overrides WEB_CONCURRENCY, above the CPU limit (2)"]),
     ("hypercorn", container(command=["hypercorn", "a:b"], cpu="2"),
      {}, ["'web': hypercorn reads no worker variable; set --workers in the container's args"]),
-    ("sentry-flag", container(command=["sentry", "run", "web", "--workers", "5"], cpu="2"),
+    ("sentry-flag", container(command=["sentry", "run", "web", "--workers", "2"], cpu="2"),
      {}, []),
+    ("sentry-flag-above", container(command=["sentry", "run", "web", "--workers", "5"], cpu="2"),
+     {}, ["container 'web': --workers 5 in args is above the CPU limit (2)"]),
     ("sentry", container(command=["sentry", "run", "web"], cpu="2"),
      {}, ["'web': sentry reads no worker variable; set workers in SENTRY_WEB_OPTIONS (sentry.conf.py), which wins over --workers"]),
     ("airflow", container(command=["airflow", "webserver"], cpu="4"),

@@ -237,7 +237,91 @@ def test_key_pair_files_are_written_atomically(fresh: Material, tmp_path: Path) 
     other = certs.build_leaf(fresh.ca, NAMES, now=T0)
     assert selfmanaged.write_key_pair(other, cert_file=cert_file, key_file=key_file)
     assert cert_file.stat().st_ino != inode  # replaced by rename, never written in place
-    assert sorted(p.name for p in cert_file.parent.iterdir()) == ["tls.crt", "tls.key"]
+    # Both files go through one `..data` symlink, swapped in one rename; old pairs are removed.
+    names = sorted(p.name for p in cert_file.parent.iterdir())
+    assert names[0] == "..data"
+    assert names[1].startswith("..pair_")
+    assert names[2:] == ["tls.crt", "tls.key"]
+    assert cert_file.resolve().parent == key_file.resolve().parent == cert_file.parent / names[1]
+
+
+def test_key_pair_files_in_two_directories_are_each_replaced(
+    fresh: Material, tmp_path: Path
+) -> None:
+    cert_file, key_file = tmp_path / "a" / "tls.crt", tmp_path / "b" / "tls.key"
+    assert selfmanaged.write_key_pair(fresh.leaf, cert_file=cert_file, key_file=key_file)
+    assert (cert_file.read_bytes(), key_file.read_bytes()) == (fresh.leaf.cert_pem,
+                                                                fresh.leaf.key_pem)
+    assert not cert_file.is_symlink()
+
+
+def _served_serial(server: ssl.SSLContext, ca: certs.KeyPair) -> int:
+    """The serial of the certificate `server` presents, by a real TLS handshake in memory."""
+    client_ctx = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    client_ctx.check_hostname = False
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    near = client_ctx.wrap_bio(bios[0], bios[1])
+    far = server.wrap_bio(bios[2], bios[3], server_side=True)
+    done = [False, False]
+    for _ in range(20):
+        for i, end in enumerate((near, far)):
+            if not done[i]:
+                try:
+                    end.do_handshake()
+                    done[i] = True
+                except ssl.SSLWantReadError:
+                    pass
+        bios[2].write(bios[1].read())
+        bios[0].write(bios[3].read())
+        if all(done):
+            break
+    der = near.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_renewals_under_a_reading_server_never_log_a_mismatch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The self-managed writer renews the pair many times while the server's reload reads it
+    as fast as it can: no reload ever fails or logs, and the last pair is the one served."""
+    from prometheus_client import REGISTRY
+
+    from webhook.serving import tls
+
+    ca = certs.build_ca("renewal-ca")
+    leaves = [certs.build_leaf(ca, NAMES) for _ in range(150)]
+    cert_file, key_file = tmp_path / "tls" / "tls.crt", tmp_path / "tls" / "tls.key"
+    selfmanaged.write_key_pair(leaves[0], cert_file=cert_file, key_file=key_file)
+    reader = tls.ReloadingContext(str(cert_file), str(key_file))
+    server = reader.build()
+    assert _served_serial(server, ca) == leaves[0].cert.serial_number
+
+    def errors() -> float:
+        labels = {"result": "error"}
+        return REGISTRY.get_sample_value("concurrency_injector_certificate_reloads_total",
+                                         labels) or 0.0
+
+    def renew() -> None:
+        for leaf in leaves[1:]:
+            selfmanaged.write_key_pair(leaf, cert_file=cert_file, key_file=key_file)
+
+    before = errors()
+    caplog.set_level("DEBUG", logger="concurrency_injector")
+    writer = threading.Thread(target=renew)
+    writer.start()
+    reloads = reads = 0
+    while writer.is_alive():
+        reads += 1
+        reloads += reader.reload_if_changed()
+    writer.join()
+    reloads += reader.reload_if_changed()
+    print(f"{reads} checks, {reloads} reloads, over {len(leaves) - 1} renewals")
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= 30]
+    assert warned == []
+    assert errors() == before
+    assert reloads >= 2
+    assert _served_serial(server, ca) == leaves[-1].cert.serial_number
 
 
 def test_served_certificate_verifies_for_the_service_name(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ NS = "concurrency_injector"
 
 REQUESTS = Counter(
     f"{NS}_requests_total",
-    "Admission requests answered, by outcome (patched, unchanged, audit, ignored, invalid, error).",
+    "Admission requests answered, by outcome "
+    "(patched, annotated, unchanged, audit, ignored, invalid, error).",
     ["outcome"],
 )
 LATENCY = Histogram(

@@ -50,7 +50,7 @@ class Answer:
     """The whole answer to one review: the response, and what led to it."""
 
     response: AdmissionResponse
-    outcome: str  # patched, unchanged, audit, ignored or error (the requests metric's label)
+    outcome: str  # patched, annotated, unchanged, audit, ignored or error (the requests metric)
     decision: Decision | None = None  # None when nothing was decided (ignored, capped, error)
     over_limit: OverLimit | None = None
 
@@ -238,14 +238,14 @@ def _record(decision: Decision, pod: str) -> None:
             metrics.child(
                 metrics.INJECTIONS, c.runtime, c.source, "audit" if decision.audit else "enforce"
             ).inc()
-        elif c.skipped:
-            metrics.child(metrics.SKIPS, "container-no-cpu-limit").inc()
+        elif c.skip_reason:
+            metrics.child(metrics.SKIPS, f"container-{c.skip_reason}").inc()
     if decision.reason:
         metrics.child(metrics.SKIPS, decision.reason).inc()
     if decision.warnings:
         metrics.WARNINGS.inc(len(decision.warnings))
     if decision.containers or decision.warnings:
-        message = "pod mutated" if decision.patch else "pod reviewed"
+        message = "pod mutated" if decision.outcome == "patched" else "pod reviewed"
         logs.info_json(log, message, {"pod": pod}, decision.summary_json)
 
 

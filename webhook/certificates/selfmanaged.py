@@ -19,6 +19,7 @@ import base64
 import datetime as dt
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +51,9 @@ CA_PROPAGATION = dt.timedelta(minutes=10)
 API_TIMEOUT = 10.0
 # Writes lost to other replicas before giving up for this round.
 MAX_CONFLICTS = 5
+# The self-managed pair on disk: `..data` names the current directory of both files.
+DATA_LINK = "..data"
+PAIR_PREFIX = "..pair_"
 HTTP_NOT_FOUND = 404
 HTTP_CONFLICT = 409
 
@@ -432,22 +436,58 @@ def _write_atomically(path: Path, content: bytes, *, mode: int) -> None:
 
 
 def write_key_pair(pair: KeyPair, *, cert_file: Path, key_file: Path) -> bool:
-    """Write the serving pair for the server to load; True when a file changed.
+    """Write the serving pair for the server to load; True when it changed.
 
-    Each file is replaced atomically (temporary file, then rename), key first: a reader between
-    the two renames sees a mismatched pair, which the server's reload rejects and retries.
+    Both files in one directory (the chart's layout) are swapped together, as the kubelet swaps
+    a Secret volume (Kubernetes' AtomicWriter): written into a new hidden directory, then one
+    rename of the `..data` symlink, through which `cert_file` and `key_file` are symlinks. A
+    reader never finds the certificate of one renewal beside the key of another. Files in two
+    directories are each replaced atomically, key first.
     """
-    changed = False
+    try:
+        if cert_file.read_bytes() == pair.cert_pem and key_file.read_bytes() == pair.key_pem:
+            return False
+    except FileNotFoundError:
+        pass
+    if cert_file.parent == key_file.parent:
+        _swap_pair(
+            cert_file.parent,
+            {key_file.name: (pair.key_pem, 0o600), cert_file.name: (pair.cert_pem, 0o644)},
+        )
+        return True
     for path, content, mode in ((key_file, pair.key_pem, 0o600), (cert_file, pair.cert_pem, 0o644)):
-        try:
-            if path.read_bytes() == content:
-                continue
-        except FileNotFoundError:
-            pass
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(path, content, mode=mode)
-        changed = True
-    return changed
+    return True
+
+
+def _swap_pair(directory: Path, files: Mapping[str, tuple[bytes, int]]) -> None:
+    """Write `files` into a new directory and make them current with one rename."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(dir=directory, prefix=PAIR_PREFIX))
+    for name, (content, mode) in files.items():
+        fd = os.open(fresh / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+    _replace_with_link(directory / DATA_LINK, fresh.name)
+    for name in files:
+        link = directory / name
+        wanted = f"{DATA_LINK}/{name}"
+        if not (link.is_symlink() and os.readlink(link) == wanted):
+            _replace_with_link(link, wanted)
+    for old in directory.glob(f"{PAIR_PREFIX}*"):
+        if old != fresh:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _replace_with_link(path: Path, target: str) -> None:
+    """Point `path` at `target` with one rename (a symlink made beside it first)."""
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staged.unlink(missing_ok=True)
+    os.symlink(target, staged)
+    os.replace(staged, path)
 
 
 def ensure_certificates(

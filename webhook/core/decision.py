@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -28,7 +28,7 @@ from webhook.core.env import (
     remove_own,
     unread_warnings,
 )
-from webhook.core.flags import flag_warnings, sets_workers_itself
+from webhook.core.flags import flag_warnings, sets_workers_itself, threads_of
 from webhook.core.options import Options
 from webhook.core.patch import ArrayEdit, Path, op
 from webhook.core.profiles import GENERIC_PROFILE, Profile
@@ -45,6 +45,8 @@ from webhook.core.workers import (
 )
 
 MAX_WARNING = 120
+# Why a target got nothing: no usable CPU limit, or a script whose server is not known.
+SkipReason = Literal["no-cpu-limit", "undecided"]
 RESIZE_POLICY = {"resourceName": "cpu", "restartPolicy": "RestartContainer"}
 
 
@@ -60,8 +62,10 @@ class ContainerResult:
     set: dict[str, str] = field(default_factory=dict)
     kept: tuple[str, ...] = ()
     skipped: str | None = None
+    skip_reason: SkipReason | None = None  # why it got nothing, as a metrics label
     unread: tuple[str, ...] = ()  # envFrom sources never read that might set a variable
     workers: str | None = None  # "none": the runtime reads no worker variable
+    threads: str | None = None  # threads per worker its command line sets (recorded, not warned)
     # The wanted names an unread envFrom source may set, with the sources (for the warning).
     unread_names: Mapping[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
 
@@ -82,6 +86,8 @@ class ContainerResult:
             entry["unread"] = list(self.unread)
         if self.workers:
             entry["workers"] = self.workers
+        if self.threads:
+            entry["threads"] = self.threads
         return entry
 
 
@@ -108,10 +114,18 @@ class Decision:
 
     @cached_property
     def outcome(self) -> str:
-        """patched, unchanged, or audit (would have patched)."""
+        """What the answer does: the requests metric's label and the log line's `outcome`.
+
+        `patched` edits a container (env or resizePolicy); `annotated` writes only the status
+        annotation (every target was skipped or kept the user's values, e.g. no CPU limit);
+        `unchanged` carries no patch; `audit` would have set something.
+        """
         if self.audit and self.injected:
             return "audit"
-        return "patched" if self.patch else "unchanged"
+        if not self.patch:
+            return "unchanged"
+        edits_containers = any(not o["path"].startswith("/metadata") for o in self.patch)
+        return "patched" if edits_containers else "annotated"
 
     @cached_property
     def summary_json(self) -> bytes:
@@ -186,16 +200,21 @@ def decide(
         profile = profiles.get(target.runtime) or GENERIC_PROFILE
         wanted = _wanted(pod, container, target, policy, options, profile=profile, multi=multi)
         result = _apply(container, edit, target, wanted, options, env_context, profile=profile)
+        image = images.get(container.get("image", ""))
+        env = plain_env(container, image)
+        threads = threads_of(profile, target.server, env)
+        if threads is not None:
+            result = replace(result, threads=threads)
         results.append(result)
         edits.append(edit)
         warnings += wanted.warnings
         warnings += unread_warnings(target.name, result.unread_names, result.set)
-        image = images.get(container.get("image", ""))
-        warnings += flag_warnings(target.name, profile, target.server, plain_env(container, image))
+        cpu = wanted.cpu.value if wanted.cpu is not None else None
+        warnings += flag_warnings(target.name, profile, target.server, env, cpu=cpu)
 
     status = orjson.dumps({r.name: r.status() for r in results}, option=orjson.OPT_SORT_KEYS)
     injected = [r for r in results if r.set]
-    reason = None if injected else "no-cpu-limit"
+    reason = None if injected else _why_nothing(results)
     if audit:
         for r in injected:
             values = ", ".join(f"{k}={v}" for k, v in r.set.items())
@@ -224,7 +243,16 @@ class Wanted:
     values: dict[str, str]  # variable -> value (CPU_LIMIT_MARK for the downward API)
     cpu: CpuLimit | None = None
     skipped: str | None = None  # why it gets nothing
+    skip_reason: SkipReason | None = None
     warnings: tuple[str, ...] = ()
+
+
+def _why_nothing(results: list[ContainerResult]) -> str:
+    """Why no target got anything: a missing CPU limit first, then an undecided script."""
+    for reason in ("no-cpu-limit", "undecided"):
+        if any(r.skip_reason == reason for r in results):
+            return reason
+    return "user-set"  # every value was already set by the user (or none to set)
 
 
 def _locate(pod: Obj) -> dict[str, tuple[Path, Obj]]:
@@ -280,11 +308,13 @@ def _wanted(
     """What this target should get: its worker variable, CPU_LIMIT and PYTHON_CPU_COUNT."""
     if target.undecided:
         return Wanted(
-            {}, skipped=f"runs {' or '.join(target.undecided)} by its arguments; not decided"
+            {},
+            skipped=f"runs {' or '.join(target.undecided)} by its arguments; not decided",
+            skip_reason="undecided",
         )
     cpu, why = cpu_limit(pod, container)
     if cpu is None:
-        return Wanted({}, skipped=why, warnings=(why or "",))
+        return Wanted({}, skipped=why, skip_reason="no-cpu-limit", warnings=(why or "",))
     warnings = []
     workers = worker_count(cpu.value, policy, memory=memory_limit(container))
     count = workers.count
@@ -322,7 +352,13 @@ def _apply(
     """Reconcile the target's env (and resizePolicy) with what it should get."""
     if wanted.cpu is None:
         remove_own(edit.env, target.name, ctx)
-        return ContainerResult(target.name, target.runtime, target.source, skipped=wanted.skipped)
+        return ContainerResult(
+            target.name,
+            target.runtime,
+            target.source,
+            skipped=wanted.skipped,
+            skip_reason=wanted.skip_reason,
+        )
     worker_names = frozenset(profile.env)
     done = reconcile(container, edit.env, wanted.values, worker_names=worker_names, ctx=ctx)
     if options.resize_restart and not target.init and worker_names & set(done.applied):

@@ -3,16 +3,23 @@
 A Kubernetes Secret mounted as a volume is renewed by the kubelet swapping a symlink, so the
 files change under a running server. Each worker process checks the files every few seconds
 (on its event loop, so no handshake races the swap) and loads the new pair into the same
-SSLContext: new connections get the new certificate, open ones keep theirs. A pair that fails
-to load (a half-written file) keeps the old one and is retried on the next check.
+SSLContext: new connections get the new certificate, open ones keep theirs.
+
+The two files are read once, and the pair is loaded from those bytes, never from the paths
+again: two opens of the paths can straddle a swap (the certificate of one renewal, the key of
+the next), even where the writer swaps both atomically. A pair that does not load (a key that
+does not match its certificate, a half-written file) keeps the old one in service and is
+tried again on the next check; only when the same files still fail then is it an error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import ssl
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,11 +34,42 @@ log = logs.get("tls")
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
-def _fingerprint(*paths: str) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()
+def _read_pair(cert_file: str, key_file: str) -> tuple[bytes, bytes, str]:
+    """Both files' bytes, read once, and a fingerprint of the two."""
+    cert, key = Path(cert_file).read_bytes(), Path(key_file).read_bytes()
+    digest = hashlib.sha256(cert)
+    digest.update(b"\0")
+    digest.update(key)
+    return cert, key, digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _pem_paths(cert: bytes, key: bytes) -> Iterator[tuple[str, str]]:
+    """Paths that hold exactly these bytes, for `load_cert_chain` (which reads only paths).
+
+    Anonymous memory files on Linux (nothing written to a disk, which is read-only in the
+    chart's pod); elsewhere files in a private temporary directory.
+    """
+    if hasattr(os, "memfd_create"):
+        fds = [os.memfd_create(name) for name in ("tls.crt", "tls.key")]
+        try:
+            for fd, data in zip(fds, (cert, key), strict=True):
+                os.write(fd, data)
+            yield f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}"
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="concurrency-injector-tls-") as where:
+        paths = (Path(where) / "tls.crt", Path(where) / "tls.key")
+        for path, data in zip(paths, (cert, key), strict=True):
+            path.write_bytes(data)
+        yield str(paths[0]), str(paths[1])
+
+
+def _load(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    with _pem_paths(cert, key) as (cert_path, key_path):
+        ctx.load_cert_chain(cert_path, key_path)
 
 
 @dataclass
@@ -46,23 +84,22 @@ class ReloadingContext:
     key_file: str
     context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
     loaded: str = ""
+    failed: str = ""  # the fingerprint of files that did not load once (tried once more)
 
     def __getstate__(self) -> dict[str, str]:
         return {"cert_file": self.cert_file, "key_file": self.key_file, "loaded": ""}
 
     def __setstate__(self, state: dict[str, str]) -> None:
         self.cert_file, self.key_file = state["cert_file"], state["key_file"]
-        self.context, self.loaded = None, ""
+        self.context, self.loaded, self.failed = None, "", ""
 
     def build(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.set_ciphers(TLS12_CIPHERS)
         ctx.set_alpn_protocols(["http/1.1"])
-        # Fingerprint before loading, as reload_if_changed does: a swap in between then shows
-        # as a change on the next check instead of going unnoticed.
-        self.loaded = _fingerprint(self.cert_file, self.key_file)
-        ctx.load_cert_chain(self.cert_file, self.key_file)
+        cert, key, self.loaded = _read_pair(self.cert_file, self.key_file)
+        _load(ctx, cert, key)
         self.context = ctx
         return ctx
 
@@ -77,21 +114,28 @@ class ReloadingContext:
         """Load the files again if their content changed; True when a new pair is in use."""
         if self.context is None:
             return False
+        current = ""
         try:
-            current = _fingerprint(self.cert_file, self.key_file)
+            cert, key, current = _read_pair(self.cert_file, self.key_file)
             if current == self.loaded:
+                self.failed = ""
                 return False
             # Prove the pair on a scratch context first: a failed load_cert_chain can leave the
             # live context holding the new certificate with the old key, breaking handshakes.
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert_file, self.key_file)
-            self.context.load_cert_chain(self.cert_file, self.key_file)
+            _load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key)
+            _load(self.context, cert, key)
         except (OSError, ssl.SSLError) as exc:
+            seen = current or f"unreadable: {exc}"
+            if seen != self.failed:  # maybe caught mid-renewal: once more on the next check
+                self.failed = seen
+                log.debug("certificate not loaded yet; trying again", extra={"error": str(exc)})
+                return False
             CERT_RELOADS.labels("error").inc()
             log.warning(
                 "certificate reload failed; keeping the current one", extra={"error": str(exc)}
             )
             return False
-        self.loaded = current
+        self.loaded, self.failed = current, ""
         CERT_RELOADS.labels("ok").inc()
         log.info("serving certificate reloaded", extra={"cert_file": self.cert_file})
         return True
