@@ -85,6 +85,13 @@ if [ "$#" -eq 0 ]; then
     fi
 fi
 
+echo "--- promtool and the PromQL checker for the alerts and dashboard (hack/promql.sh, cached)"
+if [ "${CI:-}" = true ]; then
+    hack/promql.sh >/dev/null
+else
+    hack/promql.sh >/dev/null || echo "hack/promql.sh failed: the monitoring tests will skip"
+fi
+
 echo "--- pytest"
 # -rs: every skip with its reason. The kind suite (-m e2e) ran above, on its own cluster.
 "$PYTHON" -m pytest -rs --cov=webhook --cov-report=term "$@"

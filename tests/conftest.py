@@ -31,6 +31,21 @@ from tests.registry_server import (
 from tests.servers import Pki
 from webhook.certificates.authority import build_ca, build_leaf
 
+INSTALL_TOOLS = Path(__file__).resolve().parent.parent / "hack" / "install-tools.sh"
+
+
+@pytest.fixture(scope="session")
+def tools() -> Path:
+    """helm and kubectl from hack/install-tools.sh (installed once, then reused)."""
+    if shutil.which("bash") is None:
+        pytest.skip("bash is needed to run hack/install-tools.sh")
+    run = subprocess.run(
+        ["bash", str(INSTALL_TOOLS)], capture_output=True, text=True, timeout=300, check=False
+    )
+    if run.returncode != 0:
+        pytest.skip(f"hack/install-tools.sh could not get helm: {run.stderr.strip()[-500:]}")
+    return Path(run.stdout.strip().splitlines()[-1])
+
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
