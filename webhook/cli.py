@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INPUT
     if args.command == "serve":
         return server.serve(settings)
-    if args.command == "explain":
+    if args.command in ("explain", "survey"):
         return survey_command.run(args, settings)
     return run_mutate(args.filename, args.output, settings)
 

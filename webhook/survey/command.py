@@ -21,7 +21,7 @@ EXIT_ENVIRONMENT = 3
 
 
 def add_parsers(commands: Any, registry_flags: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Register `explain` on the main parser's subcommands."""
+    """Register `explain` and `survey` on the main parser's subcommands."""
     explain = commands.add_parser(
         "explain", help="why each container of each pod gets what it gets (or nothing)"
     )
@@ -31,6 +31,26 @@ def add_parsers(commands: Any, registry_flags: Callable[[argparse.ArgumentParser
     _cluster_flags(explain)
     explain.add_argument("-o", "--output", choices=["text", "json"], default="text")
     registry_flags(explain)
+
+    survey = commands.add_parser(
+        "survey", help="which Python containers run more (or fewer) workers than CPUs, read-only"
+    )
+    survey.add_argument("-f", "--filename", metavar="FILE", help="manifests instead of a cluster")
+    _cluster_flags(survey)
+    scope = survey.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", metavar="NS", help="one namespace")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    survey.add_argument("-o", "--output", choices=["table", "json", "markdown"], default="table")
+    survey.add_argument(
+        "--node-cpus",
+        type=int,
+        metavar="N",
+        help="CPUs of the node, for runtimes that default to its CPU count (with -f)",
+    )
+    survey.add_argument(
+        "--page-size", type=int, default=500, metavar="N", help="objects per list call"
+    )
+    registry_flags(survey)
 
 
 def _cluster_flags(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +67,11 @@ def run(
 ) -> int:
     logs.setup("warning", "text")
     try:
-        return run_explain(args, settings, stdout=stdout)
+        if args.command == "explain":
+            return run_explain(args, settings, stdout=stdout)
+        from webhook.survey import survey
+
+        return survey.run(args, settings, stdout=stdout, stderr=stderr)
     except InputError as exc:
         print(f"concurrency-injector: {exc}", file=stderr)
         return EXIT_INPUT
