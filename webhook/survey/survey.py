@@ -245,7 +245,8 @@ async def _survey_scope(
                 continue  # reported through its Deployment or CronJob
             if kind == "ReplicaSet" and owner is not None:
                 continue
-            found = explaining.workloads([item])
+            # A list's items carry no kind of their own.
+            found = explaining.workloads([{**item, "kind": kind}])
             for workload in found:
                 nodes = _nodes(placement.nodes_of.get(_uid(item), set()), cpus)
                 await surveyor.add(workload, values.of(workload), nodes)
