@@ -240,3 +240,10 @@ def test_survey_of_a_namespace_it_may_not_read_says_so(cluster: Cluster, tmp_pat
         f"0 Python containers in 0 workloads: 0 trapped, 0 under-used, 0 ok, 0 unknown; "
         f"not readable (403): {hidden}"
     )
+
+
+def test_explain_of_a_pod_that_does_not_exist_exits_2(cluster: Cluster) -> None:
+    shop = cluster.namespace(prefix="shop")
+    done = run_cli("explain", "--kubeconfig", str(cluster.kubeconfig), "--pod", f"{shop}/ghost")
+    assert done.returncode == 2
+    assert done.stderr == f"concurrency-injector: Pod {shop}/ghost not found\n"

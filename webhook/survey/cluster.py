@@ -97,7 +97,10 @@ class Cluster:
         except ApiException as exc:
             if exc.status == HTTP_FORBIDDEN:
                 raise Forbidden(exc.reason or "forbidden") from None
-            raise
+            if exc.status == HTTP_NOT_FOUND:
+                raise
+            # e.g. 410 Gone: a list's continue token expired on a very large cluster
+            raise Unreachable(f"the API server answered HTTP {exc.status} {exc.reason}") from None
         except Exception as exc:  # connection refused, DNS, TLS, timeouts
             raise Unreachable(f"cannot reach the cluster: {_brief(exc)}") from None
         value = orjson.loads(response.data)
@@ -147,7 +150,17 @@ class Cluster:
         return [str((n.get("metadata") or {}).get("name")) for n in page.get("items") or []]
 
     def pod(self, namespace: str, name: str) -> Obj:
-        return self._call(self._api("CoreV1Api").read_namespaced_pod, name, namespace)
+        """One pod; InputError (exit 2) when there is no such pod."""
+        from kubernetes.client.exceptions import ApiException
+
+        from webhook.workloads import InputError
+
+        try:
+            return self._call(self._api("CoreV1Api").read_namespaced_pod, name, namespace)
+        except ApiException as exc:
+            if exc.status == HTTP_NOT_FOUND:
+                raise InputError(f"Pod {namespace}/{name} not found") from None
+            raise
 
     def config_map(self, namespace: str, name: str) -> Obj | None:
         """One ConfigMap, None when it does not exist; Forbidden when it may not be read."""
