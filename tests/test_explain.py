@@ -189,3 +189,35 @@ def test_bad_input_exits_2_naming_the_object(tmp_path: Path) -> None:
     assert code == 2
     assert out == ""
     assert "Deployment has no spec.template" in err
+
+
+def test_lists_and_admission_reviews_are_explained_by_the_object_they_hold(tmp_path: Path) -> None:
+    listed = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {"name": "migrate", "namespace": "shop"},
+                "spec": {"template": {"spec": {"containers": [container("m", command=["ls"])]}}},
+            }
+        ],
+    }
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "1",
+            "namespace": "shop",
+            "object": pod(gunicorn("web")) | {"metadata": {"name": "api"}},
+        },
+    }
+    source = tmp_path / "in.yaml"
+    source.write_text(yaml.safe_dump_all([listed, review]))
+    code, out, err = explain(source)
+    assert code == 0, err
+    assert [(e["object"], e["container"], e["decision"]) for e in orjson.loads(out)["containers"]] == [
+        ("Job shop/migrate", "m", "not-target"),
+        ("Pod shop/api", "web", "target"),
+    ]

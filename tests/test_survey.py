@@ -248,3 +248,26 @@ def test_an_unreachable_cluster_exits_3(tmp_path: Path) -> None:
     code = command.run(args, Settings(no_registry=True), stdout=io.StringIO(), stderr=err)
     assert code == 3
     assert err.getvalue().startswith("concurrency-injector: cannot reach the cluster")
+
+
+class Terminal(io.StringIO):
+    """stderr as a terminal (the progress line shows only there)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_shown_on_a_terminal_only() -> None:
+    from webhook.survey.cluster import Progress
+
+    assert Progress.if_terminal(io.StringIO()) is None
+    terminal = Terminal()
+    progress = Progress.if_terminal(terminal)
+    assert progress is not None
+    progress.advance("pods", 500)
+    progress.advance("pods", 20)
+    progress.advance("deployments", 3)
+    progress.done()
+    assert terminal.getvalue() == (
+        "\rreading: pods 500\rreading: pods 520\rreading: pods 520, deployments 3\r\033[K"
+    )
