@@ -247,3 +247,28 @@ def test_explain_of_a_pod_that_does_not_exist_exits_2(cluster: Cluster) -> None:
     done = run_cli("explain", "--kubeconfig", str(cluster.kubeconfig), "--pod", f"{shop}/ghost")
     assert done.returncode == 2
     assert done.stderr == f"concurrency-injector: Pod {shop}/ghost not found\n"
+
+
+def test_survey_after_install_reads_injected_pods_and_flags_templates(
+    cluster: Cluster, enabled_namespace: str
+) -> None:
+    """With the webhook serving: a bare pod is read as stored (the injected variable counts);
+    a Deployment's row reads its template, and says that its pods were changed."""
+    ns = enabled_namespace
+    cluster.apply(
+        [
+            pod("solo", namespace=ns, containers=[container("web", cpu="2")]),
+            deployment("web", namespace=ns, replicas=1, template={"containers": [
+                container("web", command=["gunicorn", "-w", "9", "app:app"], cpu="1")]}),
+        ]
+    )
+    cluster.wait_pods(ns, 1, "app=web")
+    done = run_cli("survey", "--kubeconfig", str(cluster.kubeconfig), "-n", ns, "-o", "json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows"] == [
+        row(ns, "Deployment", "web", "web", "gunicorn", "1", 9, "flag -w", "WEB_CONCURRENCY=1",
+            "trapped", "9 workers on 1 CPU: throttled when busy; read from its template: its "
+            "pods already carry the webhook's values"),
+        row(ns, "Pod", "solo", "web", "gunicorn", "2", 2, "env WEB_CONCURRENCY",
+            "WEB_CONCURRENCY=2", "ok", "2 workers for 2 CPUs"),
+    ]

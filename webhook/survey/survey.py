@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 import orjson
@@ -22,6 +22,7 @@ from webhook import wiring
 from webhook.admission.handler import AdmissionHandler
 from webhook.admission.types import EnvSourceReader
 from webhook.config import Settings
+from webhook.core import keys
 from webhook.core.quantity import quantity
 from webhook.core.types import Obj
 from webhook.lru import LRU
@@ -41,6 +42,7 @@ WORKLOADS = (
     ("jobs", "Job"),
 )
 CONFIGMAP_CACHE = 4096
+INJECTED = "read from its template: its pods already carry the webhook's values"
 COLUMNS = (
     ("NAMESPACE", "namespace"),
     ("KIND", "kind"),
@@ -94,8 +96,15 @@ class Surveyor:
     rows: list[Row] = field(default_factory=list)
 
     async def add(
-        self, workload: explaining.Workload, configmaps: ConfigMapValues, nodes: Nodes
+        self,
+        workload: explaining.Workload,
+        configmaps: ConfigMapValues,
+        nodes: Nodes,
+        *,
+        injected: bool = False,
     ) -> None:
+        """Decide one workload and keep its rows; `injected`: its pods already carry the
+        webhook's values, which its template (what the row reads) does not show."""
         try:
             answer = await explaining.decide(self.handler, workload)
         except InputError as exc:
@@ -114,6 +123,8 @@ class Surveyor:
             configmaps=configmaps,
             nodes=nodes,
         )
+        if injected:
+            rows = [replace(r, reason=f"{r.reason}; {INJECTED}") for r in rows]
         self.summary.add(rows)
         self.rows += rows
 
@@ -170,6 +181,7 @@ class Placement:
 
     nodes_of: dict[str, set[str]] = field(default_factory=dict)  # workload uid -> node names
     rolled_up: dict[str, str] = field(default_factory=dict)  # ReplicaSet/Job uid -> owner uid
+    injected: set[str] = field(default_factory=set)  # workloads whose pods the webhook changed
 
 
 async def survey_cluster(
@@ -235,6 +247,8 @@ async def _survey_scope(
                 uid = placement.rolled_up.get(uid, uid)
                 if node:
                     placement.nodes_of.setdefault(uid, set()).add(node)
+                if keys.STATUS in ((pod.get("metadata") or {}).get("annotations") or {}):
+                    placement.injected.add(uid)
                 continue
             workload = _workload("Pod", pod, pod)
             await surveyor.add(workload, values.of(workload), _nodes({node} - {""}, cpus))
@@ -249,7 +263,8 @@ async def _survey_scope(
             found = explaining.workloads([{**item, "kind": kind}])
             for workload in found:
                 nodes = _nodes(placement.nodes_of.get(_uid(item), set()), cpus)
-                await surveyor.add(workload, values.of(workload), nodes)
+                injected = _uid(item) in placement.injected
+                await surveyor.add(workload, values.of(workload), nodes, injected=injected)
 
 
 def _workload(kind: str, item: Obj, pod: Obj) -> explaining.Workload:
