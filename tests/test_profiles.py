@@ -38,13 +38,54 @@ def test_shipped_profiles_follow_the_schema() -> None:
         ("[{name: x, env: [A], flags: [workers]}]", "profile 'x': flags has invalid entries"),
         ("[{name: x, env: [A], launchers: [[x]]}]", "profile 'x': launchers must be"),
         ("{", "not valid YAML or JSON"),
+        ("[{name: x, env: [A], defaultWorkers: 0}]", "profile 'x': defaultWorkers must be"),
+        ("[{name: x, env: [A], defaultWorkers: all}]", "profile 'x': defaultWorkers must be"),
     ],
-    ids=["name", "no-env", "env-type", "unknown-field", "bad-flag", "launcher", "yaml"],
+    ids=[
+        "name",
+        "no-env",
+        "env-type",
+        "unknown-field",
+        "bad-flag",
+        "launcher",
+        "yaml",
+        "default-zero",
+        "default-word",
+    ],
 )
 def test_a_bad_user_profile_stops_start_up_naming_it(extra: str, message: str) -> None:
     with pytest.raises(ConfigError, match="CONCURRENCY_INJECTOR_EXTRA_PROFILES") as caught:
         Settings.from_env({"CONCURRENCY_INJECTOR_EXTRA_PROFILES": extra})
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("gunicorn", 1),
+        ("uvicorn", 1),
+        ("granian", 1),
+        ("uwsgi", 1),
+        ("hypercorn", 1),
+        ("celery", "cpu_count"),
+        ("dramatiq", "cpu_count"),
+        ("python", None),
+        ("airflow-webserver", None),
+    ],
+)
+def test_each_runtime_records_the_worker_count_it_defaults_to(name: str, expected: Any) -> None:
+    """What a runtime runs with when nothing sets it (profiles.yaml cites each source)."""
+    profile = PROFILES.get(name)
+    assert profile is not None
+    assert profile.default_workers == expected
+
+
+def test_a_user_profile_may_give_its_default_worker_count() -> None:
+    extra = "[{name: acme, env: [ACME_WORKERS], defaultWorkers: cpu_count}]"
+    settings = Settings.from_env({"CONCURRENCY_INJECTOR_EXTRA_PROFILES": extra})
+    acme = settings.profiles().get("acme")
+    assert acme is not None
+    assert acme.default_workers == "cpu_count"
 
 
 def test_a_user_profile_for_an_in_house_launcher() -> None:

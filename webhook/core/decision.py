@@ -19,7 +19,14 @@ import orjson
 
 from webhook.core import keys
 from webhook.core.annotations import annotations_of, boolean, word
-from webhook.core.detection import Source, Target, containers_of, opted_out, select_targets
+from webhook.core.detection import (
+    NotTarget,
+    Source,
+    Target,
+    containers_of,
+    opted_out,
+    select,
+)
 from webhook.core.env import (
     CPU_LIMIT_MARK,
     EnvContext,
@@ -101,6 +108,8 @@ class Decision:
     audit: bool = False
     reason: str | None = None  # why nothing was injected, when nothing was
     edits: tuple[ContainerEdit, ...] = ()  # the arrays the patch edits, as they end up
+    # Every container that is not a target, with why (for `explain`; no part of the response).
+    others: tuple[NotTarget, ...] = ()
 
     @property
     def injected(self) -> list[ContainerResult]:
@@ -167,12 +176,13 @@ def decide(
     images = images or {}
     annotations = annotations_of(pod)
     audit = options.mode == "audit" or word(annotations, keys.MODE) == "audit"
-    if opted_out(annotations):
-        return Decision([], [], [], audit, "opted-out")
     profiles = options.profiles
-    targets, warnings = select_targets(pod, images, profiles)
+    chosen = select(pod, images, profiles)
+    targets, warnings, others = chosen.targets, chosen.warnings, tuple(chosen.others)
+    if opted_out(annotations):
+        return Decision([], [], [], audit, "opted-out", others=others)
     if not targets:
-        return Decision([], _clean(warnings), [], audit, "no-target")
+        return Decision([], _clean(warnings), [], audit, "no-target", others=others)
 
     policy, more = pod_policy(options, annotations)
     warnings += more
@@ -219,12 +229,12 @@ def decide(
         for r in injected:
             values = ", ".join(f"{k}={v}" for k, v in r.set.items())
             warnings.append(f"audit: would set {values} in {r.name!r}")
-        return Decision([], _clean(warnings), results, True, reason)
+        return Decision([], _clean(warnings), results, True, reason, others=others)
     edits.sort(key=lambda e: e.path)
     patch = _status_ops(pod, status.decode())
     for edit in edits:
         patch += edit.env.ops() + edit.resize.ops()
-    return Decision(patch, _clean(warnings), results, False, reason, tuple(edits))
+    return Decision(patch, _clean(warnings), results, False, reason, tuple(edits), others)
 
 
 @dataclass(frozen=True)

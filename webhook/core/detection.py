@@ -14,6 +14,9 @@ from typing import Any, Literal
 from webhook.core import keys
 from webhook.core.annotations import annotations_of, boolean, word
 from webhook.core.commands import (
+    PYTHON,
+    SEPARATORS,
+    SHELLS,
     Branches,
     ServerCommand,
     effective_command,
@@ -22,6 +25,9 @@ from webhook.core.commands import (
 )
 from webhook.core.profiles import GENERIC, ProfileSet
 from webhook.core.types import ImageConfig, Obj
+
+# Shell operators that, in an exec-form argv, are plain arguments (`python a && gunicorn b`).
+SHELL_OPERATORS = SEPARATORS - {"(", ")", "{", "}"}
 
 Source = Literal["command", "image-label", "image-command", "image-name", "annotation"]
 
@@ -37,6 +43,24 @@ class Target:
     server: ServerCommand | None = None
     # A script that runs one of these by its arguments: recorded, never guessed.
     undecided: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NotTarget:
+    """A container that gets nothing, and why (for `explain`; the server does not use it)."""
+
+    name: str
+    init: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Every container of a pod, decided: the targets, the others with their reasons, warnings."""
+
+    targets: list[Target]
+    others: list[NotTarget]
+    warnings: list[str]
 
 
 @dataclass(frozen=True)
@@ -147,9 +171,16 @@ def select_targets(
     pod: Obj, images: Mapping[str, ImageConfig], profiles: ProfileSet
 ) -> tuple[list[Target], list[str]]:
     """Apply the SPEC's rules in order; returns the targets and warnings."""
+    chosen = select(pod, images, profiles)
+    return chosen.targets, chosen.warnings
+
+
+def select(pod: Obj, images: Mapping[str, ImageConfig], profiles: ProfileSet) -> Selection:
+    """Apply the SPEC's rules in order: targets, and every other container with its reason."""
     annotations = annotations_of(pod)
     if opted_out(annotations):
-        return [], []
+        reason = f"the pod's annotation {keys.INJECT}=false opts every container out"
+        return Selection([], _others(pod, set(), reason), [])
     warnings: list[str] = []
     runtime_value = word(annotations, keys.RUNTIME)
     runtime: str | None = None
@@ -163,23 +194,30 @@ def select_targets(
 
     listed = annotations.get(keys.CONTAINERS)
     if listed:
-        return _listed(pod, str(listed), runtime, images, profiles, warnings)
+        targets = _listed(pod, str(listed), runtime, images, profiles, warnings)
+        reason = f"not named in the pod's annotation {keys.CONTAINERS}"
+        return Selection(targets, _others(pod, {t.name for t in targets}, reason), warnings)
     if runtime is not None:
         container, more = default_container(pod, annotations)
         warnings += more
         if container is None:
-            return [], warnings
+            return Selection([], [], warnings)
         command = [*(container.get("command") or []), *(container.get("args") or [])]
         server = find_server(command, profiles)
         name = str(container.get("name"))
-        return [Target(name, False, runtime, "annotation", server)], warnings
+        reason = f"{keys.RUNTIME} applies to the default container {name!r} only"
+        targets = [Target(name, False, runtime, "annotation", server)]
+        return Selection(targets, _others(pod, {name}, reason), warnings)
 
     targets = []
+    others = []
     for container, init in containers_of(pod):
-        if init:
-            continue
         name = str(container.get("name"))
-        found = detect(container, images.get(container.get("image", "")), profiles)
+        if init:
+            others.append(NotTarget(name, True, INIT_REASON))
+            continue
+        image = images.get(container.get("image", ""))
+        found = detect(container, image, profiles)
         if isinstance(found, Detected):
             targets.append(Target(name, False, found.runtime, found.source, found.server))
         elif isinstance(found, Branches):
@@ -188,7 +226,68 @@ def select_targets(
                 f"container {name!r} runs {' or '.join(found.runtimes)} by its arguments: "
                 f"not a target; name it in {keys.CONTAINERS}"
             )
-    return targets, warnings
+        else:
+            others.append(NotTarget(name, False, why_not_detected(container, image, profiles)))
+    return Selection(targets, others, warnings)
+
+
+INIT_REASON = f"an init container: a target only when named in {keys.CONTAINERS}"
+
+
+def _others(pod: Obj, chosen: set[str], reason: str) -> list[NotTarget]:
+    return [
+        NotTarget(str(c.get("name")), init, reason)
+        for c, init in containers_of(pod)
+        if str(c.get("name")) not in chosen
+    ]
+
+
+def why_not_detected(container: Obj, image: ImageConfig | None, profiles: ProfileSet) -> str:
+    """Why rule 4 found no profiled server in a container, in words (only for non-targets)."""
+    command, args = container.get("command"), container.get("args")
+    own = [str(w) for w in [*(command or []), *(args or [])]]
+    if command:
+        return f"its command {_shown(own)} {runs_what(own, profiles)}; with a command set, " + (
+            "the image's label and Cmd do not apply"
+        )
+    ref = container.get("image")
+    name = f"image {str(ref)[:60]!r}" if isinstance(ref, str) else "no image"
+    if image is None:
+        known = "its image's metadata was not read"
+        if own:
+            known = f"its args {_shown(own)} {runs_what(own, profiles)}, and {known}"
+        return f"{known}; the {name} matches no profile by name"
+    label = image["labels"].get(keys.IMAGE_RUNTIME_LABEL)
+    labelled = (
+        f"label {keys.IMAGE_RUNTIME_LABEL}={label!r} names no active profile"
+        if label
+        else (f"no {keys.IMAGE_RUNTIME_LABEL} label")
+    )
+    runs = effective_command(container, image) or []
+    return f"{name}: {labelled}; it runs {_shown(runs)}, which {runs_what(runs, profiles)}"
+
+
+def _shown(argv: list[str]) -> str:
+    text = " ".join(argv)
+    return repr(text if len(text) <= 60 else text[:59] + "…")
+
+
+def runs_what(argv: list[str], profiles: ProfileSet) -> str:
+    """What an argv that runs no profiled server starts instead, in words."""
+    if not argv:
+        return "is empty"
+    program = argv[0].rsplit("/", 1)[-1]
+    operators = [w for w in argv[1:] if w in SHELL_OPERATORS]
+    if operators and program not in SHELLS:
+        return (
+            f"starts {program!r}, which no profile names: in an exec-form argv there is no "
+            f"shell, so {operators[0]!r} is only an argument"
+        )
+    if program in SHELLS:
+        return f"is a {program} script that starts no profiled server"
+    if PYTHON.match(program):
+        return f"runs {program} on a script or module that no profile names"
+    return f"starts {program!r}, which no profile names"
 
 
 def _listed(
@@ -198,7 +297,7 @@ def _listed(
     images: Mapping[str, ImageConfig],
     profiles: ProfileSet,
     warnings: list[str],
-) -> tuple[list[Target], list[str]]:
+) -> list[Target]:
     names = [n.strip() for n in listed.split(",") if n.strip()]
     by_name = {c.get("name"): (c, init) for c, init in containers_of(pod)}
     targets = []
@@ -214,4 +313,4 @@ def _listed(
         server = detected.server if detected else None
         chosen = runtime or (detected.runtime if detected else GENERIC)
         targets.append(Target(name, init, chosen, "annotation", server))
-    return targets, warnings
+    return targets

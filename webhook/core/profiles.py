@@ -39,8 +39,18 @@ STRING_LISTS: dict[str, re.Pattern[str] | None] = {
     "soloFlags": FLAG,
 }
 FIELDS = frozenset(
-    {*STRING_LISTS, "name", "description", "kind", "launchers", "hint", "cliWorkersOnly"}
+    {
+        *STRING_LISTS,
+        "name",
+        "description",
+        "kind",
+        "launchers",
+        "hint",
+        "cliWorkersOnly",
+        "defaultWorkers",
+    }
 )
+CPU_COUNT = "cpu_count"  # a default worker count that is the CPUs the process sees (the node's)
 GENERIC = "python"  # the runtime an annotation names for an app that reads WEB_CONCURRENCY
 
 
@@ -70,6 +80,8 @@ class Profile:
     # Flags that make the runtime run a single process whatever its worker variable says.
     solo_flags: tuple[str, ...] = ()
     cli_workers_only: bool = False
+    # The worker count it runs with when nothing sets one: a number, CPU_COUNT, or unknown.
+    default_workers: int | str | None = None
     hint: str = ""
     description: str = ""
 
@@ -180,6 +192,13 @@ def _profile(item: Any, where: str) -> Profile:
             raise ProfileError(f"{where}: {key} must be a string")
     if not isinstance(item.get("cliWorkersOnly", False), bool):
         raise ProfileError(f"{where}: cliWorkersOnly must be true or false")
+    default = item.get("defaultWorkers")
+    if (
+        default is not None
+        and default != CPU_COUNT
+        and (not isinstance(default, int) or isinstance(default, bool) or default < 1)
+    ):
+        raise ProfileError(f"{where}: defaultWorkers must be a number above 0 or {CPU_COUNT}")
     return Profile(
         name=name,
         kind=kind,
@@ -196,6 +215,7 @@ def _profile(item: Any, where: str) -> Profile:
         threads_flags=lists["threadsFlags"],
         solo_flags=lists["soloFlags"],
         cli_workers_only=item.get("cliWorkersOnly", False),
+        default_workers=default,
         hint=item.get("hint", ""),
         description=item.get("description", ""),
     )
