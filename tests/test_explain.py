@@ -174,7 +174,7 @@ def test_text_output_names_each_object_and_container(tmp_path: Path) -> None:
         "  - CPU limit 1 (its own limit)",
         "  - sets WEB_CONCURRENCY=1, CPU_LIMIT from the downward API (limits.cpu), "
         "PYTHON_CPU_COUNT=1",
-        "  - warning: container 'api': --workers 9 in args overrides WEB_CONCURRENCY",
+        "  - warning: container 'api': --workers 9 in args overrides WEB_CONCURRENCY, above the CPU limit (1)",
         "Deployment shop/web container 'migrate': not-target",
         "  - its command 'python manage.py migrate && gunicorn app:app' starts 'python', which "
         "no profile names: in an exec-form argv there is no shell, so '&&' is only an "
