@@ -337,5 +337,9 @@ def test_webhook_count_is_throttled_less_under_a_one_cpu_quota(tmp_path: Path) -
           f"\n  WEB_CONCURRENCY={env['WEB_CONCURRENCY']} (webhook): {webhook}"
           f"\n  -w {usual} (2 x cores + 1):    {rule_of_thumb}")
     assert webhook.failures == rule_of_thumb.failures == 0
+    if rule_of_thumb.throttled == 0:
+        # Other work held the host's cores, so even 2 x cores + 1 busy workers never ran past
+        # the quota: there is nothing to compare (seen at a load average above 10 on 2 cores).
+        pytest.skip(f"the host had no spare CPU: no throttling to compare ({rule_of_thumb})")
     assert webhook.throttled < rule_of_thumb.throttled
     assert webhook.throttled_ms < rule_of_thumb.throttled_ms
