@@ -295,10 +295,12 @@ def test_webhook_configuration(tools: Path) -> None:
     docs = render(tools)
     w = webhook(docs)
     assert w["name"] == "pods.concurrency-injector.io"
-    assert w["rules"] == [{
-        "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-        "resources": ["pods"], "scope": "Namespaced",
-    }]
+    assert w["rules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+         "resources": ["pods"], "scope": "Namespaced"},
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+         "resources": ["pods/resize"], "scope": "Namespaced"},
+    ]
     assert w["failurePolicy"] == "Ignore"
     assert w["timeoutSeconds"] == 3
     assert w["sideEffects"] == "None"
@@ -334,10 +336,12 @@ def test_webhook_settings_from_values(tools: Path) -> None:
 def test_match_conditions_only_from_1_30(tools: Path) -> None:
     assert "matchConditions" not in webhook(render(tools, kube_version="1.29.0"))
     conditions = webhook(render(tools, kube_version="1.30.0"))["matchConditions"]
-    assert [c["name"] for c in conditions] == ["not-mirror-pod", "not-opted-out", "has-cpu-limit"]
+    assert [c["name"] for c in conditions] == [
+        "not-mirror-pod", "not-opted-out", "resize-of-a-patched-pod", "has-cpu-limit"]
     assert "kubernetes.io/config.mirror" in conditions[0]["expression"]
     off = webhook(render(tools, "webhook.skipPodsWithoutCpuLimit=false", kube_version="1.31.0"))
-    assert [c["name"] for c in off["matchConditions"]] == ["not-mirror-pod", "not-opted-out"]
+    assert [c["name"] for c in off["matchConditions"]] == [
+        "not-mirror-pod", "not-opted-out", "resize-of-a-patched-pod"]
 
 
 def _pod(
@@ -362,6 +366,7 @@ def _pod(
 
 
 CPU = {"cpu": "1"}
+STATUS = {"concurrency-injector.io/status": "{}"}
 CEL_CASES = {
     "container-cpu-limit": (_pod(limits=CPU), True),
     "init-container-cpu-limit": (_pod(init_limits=CPU), True),
@@ -372,11 +377,25 @@ CEL_CASES = {
     "memory-limit-only": (_pod(limits={"memory": "1Gi"}, pod_limits={"memory": "1Gi"}), False),
     "mirror-pod": (_pod(annotations={"kubernetes.io/config.mirror": "abc"}, limits=CPU), False),
     "opted-out": (_pod(annotations={"concurrency-injector.io/inject": "false"}, limits=CPU), False),
+    "create-with-a-status-copied-in": (_pod(annotations=STATUS, limits=CPU), True),
+    "resize-of-a-patched-pod": (_pod(annotations=STATUS, limits=CPU), "UPDATE", True),
+    "resize-removing-the-last-limit": (_pod(annotations=STATUS), "UPDATE", True),
+    "resize-of-a-pod-never-patched": (_pod(limits=CPU), "UPDATE", False),
+    "resize-no-annotations": (_pod(annotations={"a": "b"}, limits=CPU), "UPDATE", False),
+    "resize-of-an-opted-out-pod": (
+        _pod(annotations={**STATUS, "concurrency-injector.io/inject": "false"}, limits=CPU),
+        "UPDATE", False),
 }
 
 
-@pytest.mark.parametrize(("pod", "called"), CEL_CASES.values(), ids=CEL_CASES.keys())
-def test_match_conditions_decide_as_intended(tools: Path, pod: Doc, called: bool) -> None:
+@pytest.mark.parametrize(
+    ("pod", "operation", "called"),
+    [(c[0], "CREATE", c[1]) if len(c) == 2 else c for c in CEL_CASES.values()],
+    ids=CEL_CASES.keys(),
+)
+def test_match_conditions_decide_as_intended(
+    tools: Path, pod: Doc, operation: str, called: bool
+) -> None:
     """The rendered CEL, evaluated by a CEL implementation (cel-python) on sample pods.
 
     The API server calls the webhook only when every condition is true; an evaluation error
@@ -384,7 +403,11 @@ def test_match_conditions_decide_as_intended(tools: Path, pod: Doc, called: bool
     """
     celpy = pytest.importorskip("celpy", reason="cel-python evaluates the matchConditions")
     env = celpy.Environment()
-    activation = {"object": celpy.json_to_cel(pod)}
+    activation = {
+        "object": celpy.json_to_cel(pod),
+        "request": celpy.json_to_cel({"operation": operation, "subResource": "resize"
+                                      if operation == "UPDATE" else ""}),
+    }
     results = []
     for condition in webhook(render(tools))["matchConditions"]:
         program = env.program(env.compile(condition["expression"]))
