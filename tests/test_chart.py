@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from webhook.cli import build_parser
 from webhook.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,10 +49,15 @@ def helm(tools: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def render(
-    tools: Path, *sets: str, kube_version: str = "1.31.0", namespace: str = NAMESPACE
+    tools: Path,
+    *sets: str,
+    kube_version: str = "1.31.0",
+    namespace: str = NAMESPACE,
+    tests: bool = False,
 ) -> list[Doc]:
+    """`helm template`; the `helm test` hooks only with `tests` (an install does not apply them)."""
     args = ["template", RELEASE, str(CHART), "--namespace", namespace]
-    args += ["--kube-version", kube_version]
+    args += ["--kube-version", kube_version, *(() if tests else ("--skip-tests",))]
     for s in sets:
         # "json:key=value" passes a typed value (helm's --set reads 2.5 as a string).
         args += ["--set-json", s.removeprefix("json:")] if s.startswith("json:") else ["--set", s]
@@ -718,3 +724,98 @@ def test_chart_profile_values_reach_the_server(tools: Path) -> None:
     active = settings.profiles()
     assert "celery" not in active.names()
     assert active.profiles["acme"].env == ("ACME_WORKERS",)
+
+
+def hooks(docs: list[Doc]) -> dict[str, Doc]:
+    """The `helm test` hook objects, by kind."""
+    found = [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    by_kind = {d["kind"]: d for d in found}
+    assert len(by_kind) == len(found), kinds(found)
+    return by_kind
+
+
+SELFTEST = f"{FULLNAME}-selftest"
+
+
+def test_selftest_hook_dry_runs_in_a_namespace_it_makes(tools: Path) -> None:
+    docs = render(tools, tests=True)
+    test = hooks(docs)
+    assert sorted(test) == ["Namespace", "Pod", "Role", "RoleBinding", "ServiceAccount"]
+    assert test["Namespace"]["metadata"]["name"] == SELFTEST
+    assert test["Namespace"]["metadata"]["labels"]["concurrency-injector.io/enabled"] == "true"
+    weights = {k: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for k, d in test.items()}
+    assert weights["Namespace"] < weights["Role"] == weights["RoleBinding"] < weights["Pod"]
+    for d in test.values():
+        assert d["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == (
+            "before-hook-creation,hook-succeeded")
+    # Only `create` on pods, only in the test namespace, only for the test's ServiceAccount.
+    assert test["Role"]["metadata"]["namespace"] == SELFTEST
+    assert test["Role"]["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}]
+    binding = test["RoleBinding"]
+    assert binding["metadata"]["namespace"] == SELFTEST
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SELFTEST}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SELFTEST, "namespace": NAMESPACE}]
+    assert test["ServiceAccount"]["metadata"]["namespace"] == NAMESPACE
+
+
+def test_selftest_pod_runs_the_webhook_image_restricted(tools: Path) -> None:
+    docs = render(tools, "image.repository=ghcr.io/x/ci", "image.tag=1.2.3", tests=True)
+    pod = hooks(docs)["Pod"]
+    assert pod["metadata"]["namespace"] == NAMESPACE
+    spec = pod["spec"]
+    assert (spec["serviceAccountName"], spec["restartPolicy"]) == (SELFTEST, "Never")
+    assert spec["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    (c,) = spec["containers"]
+    assert c["image"] == container(docs)["image"] == "ghcr.io/x/ci:1.2.3"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The image's entrypoint is the CLI: the args are a subcommand it knows, with its options.
+    assert "command" not in c
+    args = build_parser().parse_args(c["args"])
+    assert (args.command, args.namespace, args.image) == ("selftest", SELFTEST, "ghcr.io/x/ci:1.2.3")
+    assert (args.webhook_config, args.timeout) == (FULLNAME, 60.0)
+    # Never counted as a webhook replica: none of the Deployment's selector labels match.
+    selector = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert not selector.items() <= pod["metadata"]["labels"].items()
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "selftest"
+
+
+@pytest.mark.parametrize("kube_version", ["1.29.0", "1.31.0"], ids=["k8s-1.29", "k8s-1.31"])
+def test_selftest_objects_are_valid(tools: Path, kube_version: str) -> None:
+    import kubernetes_validate
+
+    for sets in ((), ("test.namespace=team-a",)):
+        for doc in hooks(render(tools, *sets, kube_version=kube_version, tests=True)).values():
+            kubernetes_validate.validate(doc, kube_version, strict=True)
+
+
+def test_selftest_in_a_namespace_of_yours(tools: Path) -> None:
+    test = hooks(render(tools, "test.namespace=team-a", "test.timeoutSeconds=5", tests=True))
+    assert sorted(test) == ["Pod", "Role", "RoleBinding", "ServiceAccount"]
+    assert test["Role"]["metadata"]["namespace"] == test["RoleBinding"]["metadata"]["namespace"] == "team-a"
+    args = build_parser().parse_args(test["Pod"]["spec"]["containers"][0]["args"])
+    assert (args.namespace, args.timeout) == ("team-a", 5.0)
+
+
+@pytest.mark.parametrize("namespace", ["kube-system", NAMESPACE, "team-b"])
+def test_selftest_namespace_must_be_one_the_webhook_is_sent(tools: Path, namespace: str) -> None:
+    run = helm(tools, "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+               "--set", f"test.namespace={namespace}", "--set", "webhook.excludeNamespaces={team-b}")
+    assert run.returncode != 0
+    assert f"test.namespace: {namespace} is never sent to the webhook" in run.stderr
+
+
+def test_selftest_can_be_turned_off(tools: Path) -> None:
+    assert hooks(render(tools, "test.enabled=false", tests=True)) == {}
+
+
+def test_selftest_names_stay_within_63(tools: Path) -> None:
+    docs = render(tools, f"fullnameOverride={'f' * 70}", tests=True)
+    for d in hooks(docs).values():
+        assert len(d["metadata"]["name"]) <= 63
+        assert d["metadata"]["name"].endswith("-selftest")

@@ -172,9 +172,10 @@ class Release:
         """The name the API server checks the serving certificate for."""
         return f"{self.service}.{self.namespace}.svc"
 
-    def render(self, *sets: str) -> list[Doc]:
-        """`helm template` of the real chart, as installed here, with extra `--set`s."""
-        return render(self.helm, self.kube_version, self.namespace, *sets)
+    def render(self, *sets: str, tests: bool = False) -> list[Doc]:
+        """`helm template` of the real chart, as installed here, with extra `--set`s (and with
+        `tests`, the `helm test` hooks)."""
+        return render(self.helm, self.kube_version, self.namespace, *sets, tests=tests)
 
 
 # The registry is off: the examples' images are not reachable from this machine, and nothing
@@ -182,9 +183,11 @@ class Release:
 CHART_SETS = ("registry.enabled=false",)
 
 
-def render(helm: Path, kube_version: str, namespace: str, *sets: str) -> list[Doc]:
+def render(helm: Path, kube_version: str, namespace: str, *sets: str, tests: bool = False) -> list[Doc]:
     args = [str(helm), "template", RELEASE, str(CHART), "--namespace", namespace]
     args += ["--kube-version", kube_version]
+    if not tests:
+        args.append("--skip-tests")  # the `helm test` hooks: applied by `helm test` only
     for value in (*CHART_SETS, *sets):
         args += ["--set", value]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
