@@ -39,6 +39,7 @@ WARNING = re.compile(r'^\d{3} \S+ "((?:[^"\\]|\\.)*)"')
 # controller makes moments after the namespace: retried, as are namespaces still being deleted.
 RETRY_WHEN = ("serviceaccount", "service account", "being terminated")
 HTTP_NOT_FOUND, HTTP_FORBIDDEN = 404, 403
+RBAC_SETTLE = 5.0  # seconds a refusal is retried, while a new RoleBinding takes effect
 
 
 def add_parser(commands: Any) -> None:
@@ -197,15 +198,17 @@ def dry_run(api: Any, namespace: str, pod: Obj, *, timeout: float) -> tuple[Obj,
     from kubernetes.client.exceptions import ApiException
 
     core: Any = client.CoreV1Api(api)
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
     while True:
         try:
             response = core.create_namespaced_pod(
                 namespace, pod, dry_run="All", _preload_content=False, _request_timeout=30
             )
         except ApiException as exc:
-            body = str(exc.body or "").lower()
-            if any(w in body for w in RETRY_WHEN) and time.monotonic() < deadline:
+            body, waited = str(exc.body or "").lower(), time.monotonic() - start
+            # A RoleBinding made just before (the hook's) reaches the authorizer moments later.
+            rbac = exc.status == HTTP_FORBIDDEN and waited < min(timeout, RBAC_SETTLE)
+            if (rbac or any(w in body for w in RETRY_WHEN)) and waited < timeout:
                 time.sleep(1)
                 continue
             raise
@@ -264,11 +267,17 @@ def run(
 
 
 def _api_error(exc: Any, namespace: str) -> str:
-    if exc.status == HTTP_FORBIDDEN:
+    """What the API server refused, with its own message (RBAC, Pod Security, a policy engine)."""
+    try:
+        said = str(json.loads(exc.body).get("message") or "")
+    except (TypeError, ValueError, AttributeError):
+        said = str(exc.body or "")
+    said = said[:300]
+    if exc.status == HTTP_FORBIDDEN and "cannot create resource" in said:
         return (
             f"not allowed to create pods (dry run) in namespace {namespace}: the self-test's "
-            f"ServiceAccount needs a Role with `create` on pods there ({exc.reason})"
+            f"ServiceAccount needs a Role with `create` on pods there ({said})"
         )
     if exc.status == HTTP_NOT_FOUND:
-        return f"namespace {namespace} does not exist"
-    return f"the API server refused the dry run: {exc.status} {exc.reason}: {str(exc.body)[:300]}"
+        return f"namespace {namespace} does not exist ({said})"
+    return f"the API server refused the dry run: {exc.status} {exc.reason}: {said}"
