@@ -37,7 +37,7 @@ CPU = "2"
 WARNING = re.compile(r'^\d{3} \S+ "((?:[^"\\]|\\.)*)"')
 # The API server refuses pods until the namespace's `default` ServiceAccount exists, which a
 # controller makes moments after the namespace: retried, as are namespaces still being deleted.
-RETRY_WHEN = ("serviceaccount", "service account", "being terminated")
+RETRY_WHEN = ("error looking up service account", "because it is being terminated")
 HTTP_NOT_FOUND, HTTP_FORBIDDEN = 404, 403
 RBAC_SETTLE = 5.0  # seconds a refusal is retried, while a new RoleBinding takes effect
 
