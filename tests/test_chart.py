@@ -612,6 +612,7 @@ def test_notes_tell_how_to_opt_in(tools: Path) -> None:
     run = helm(tools, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client")
     assert run.returncode == 0, run.stderr
     assert "kubectl label namespace <NAMESPACE> concurrency-injector.io/enabled=true" in run.stdout
+    assert f"helm test {RELEASE} -n {NAMESPACE}" in run.stdout
 
 
 def test_long_release_name_truncates_to_63(tools: Path) -> None:
