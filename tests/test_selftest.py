@@ -59,7 +59,8 @@ def test_an_unpatched_pod_fails_naming_the_causes() -> None:
         "network it needs networkPolicy.apiServerCidrs)",
         "  - the caBundle in MutatingWebhookConfiguration ci-w does not match the serving "
         "certificate",
-        "  - the webhook Service has no ready endpoints (pods not ready, or a wrong selector)",
+        "  - the webhook Service has no ready endpoints (pods not ready, a wrong selector or "
+        "port)",
         "  - namespace ns is not labelled concurrency-injector.io/enabled=true",
     ]
     assert "apiserver_admission_webhook_fail_open_count" in lines[-1]

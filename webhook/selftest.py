@@ -164,7 +164,7 @@ def unreached(namespace: str, *, labelled: bool | None, webhook_config: str | No
         "a NetworkPolicy does not admit the API server to the webhook pods (on the host "
         "network it needs networkPolicy.apiServerCidrs)",
         f"the caBundle in {config} does not match the serving certificate",
-        "the webhook Service has no ready endpoints (pods not ready, or a wrong selector)",
+        "the webhook Service has no ready endpoints (pods not ready, a wrong selector or port)",
     ]
     if labelled is None:
         causes.append(f"namespace {namespace} is not labelled {keys.ENABLED_LABEL}=true")

@@ -19,6 +19,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -254,6 +255,29 @@ def endpoint_slice(release: Release, *, address: str, port: int) -> Doc:
         "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
         "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
     }
+
+
+@contextmanager
+def wrong_service_port(cluster: Cluster, release: Release) -> Iterator[None]:
+    """The chart's webhook configuration naming a port its Service does not have, meanwhile.
+
+    Changing the clientConfig makes the API server build a new client, so no open connection is
+    reused: kube-apiserver 1.35 resolves a webhook Service only when it dials, and keeps using a
+    connection to an endpoint that is gone (1.37 resolves each request).
+    """
+    name = release.webhook_config["metadata"]["name"]
+    port = release.webhook_config["webhooks"][0]["clientConfig"]["service"]["port"]
+
+    def set_port(value: int) -> None:
+        op = {"op": "replace", "path": "/webhooks/0/clientConfig/service/port", "value": value}
+        cluster.kubectl("patch", "mutatingwebhookconfiguration", name, "--type", "json",
+                        "-p", json.dumps([op]))  # fmt: skip
+
+    set_port(port + 1)
+    try:
+        yield
+    finally:
+        set_port(port)
 
 
 def self_managed_env(release: Release, sa_kubeconfig: Path, directory: Path) -> dict[str, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.apiserver.cluster import Cluster, Doc, environ_without_ours, wait_for
-from tests.apiserver.conftest import CHART, Release, endpoint_slice
+from tests.apiserver.conftest import CHART, Release, wrong_service_port
 from tests.apiserver.webhooks import ROOT, Serve, token_kubeconfig
 
 pytestmark = pytest.mark.apiserver
@@ -97,14 +97,11 @@ def test_helm_test_creates_runs_and_removes_the_hook(
             for kind, where in (("pod", NAMESPACE), ("serviceaccount", NAMESPACE),
                                 ("role", HOOK), ("rolebinding", HOOK)):  # fmt: skip
                 wait_for(_gone(cluster, kind, where), what=f"{kind} {HOOK} deleted")
-        # The webhook unreachable (its Service without endpoints): the test fails, says why,
-        # and its objects stay for a look.
-        cluster.kubectl("delete", "endpointslice", f"{release.service}-host", "-n", release.namespace)
-        try:
+        # The webhook unreachable (a Service port that does not exist): the test fails, says
+        # why, and its objects stay for a look.
+        with wrong_service_port(cluster, release):
             test = helm(release, cluster, "test", NAME, "-n", NAMESPACE, "--timeout", "3m")
             done = run_hook_pod(cluster, tmp_path / "broken", failing=True)
-        finally:
-            cluster.apply([endpoint_slice(release, address=webhook.address, port=webhook.port)])
         out, err = test.communicate(timeout=300)
         assert "came back unpatched" in done.stderr, done.stderr
         assert test.returncode != 0, out + err
