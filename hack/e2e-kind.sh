@@ -236,6 +236,9 @@ helm install "$RELEASE" charts/concurrency-injector --create-namespace "${args[@
     --wait --timeout 5m
 kubectl rollout status -n "$NAMESPACE" "deployment/$RELEASE" --timeout=180s
 
+step "helm test $RELEASE (the API server reaches the webhook: a dry-run pod comes back patched)"
+helm test "$RELEASE" -n "$NAMESPACE" --logs --timeout 3m
+
 step "pytest -m e2e (Kubernetes $K8S, node image $NODE_IMAGE)"
 status=0
 E2E_KUBECONFIG="$KUBECONFIG" \

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from webhook.cli import build_parser
 from webhook.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,10 +34,15 @@ def helm(tools: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def render(
-    tools: Path, *sets: str, kube_version: str = "1.31.0", namespace: str = NAMESPACE
+    tools: Path,
+    *sets: str,
+    kube_version: str = "1.31.0",
+    namespace: str = NAMESPACE,
+    tests: bool = False,
 ) -> list[Doc]:
+    """`helm template`; the `helm test` hooks only with `tests` (an install does not apply them)."""
     args = ["template", RELEASE, str(CHART), "--namespace", namespace]
-    args += ["--kube-version", kube_version]
+    args += ["--kube-version", kube_version, *(() if tests else ("--skip-tests",))]
     for s in sets:
         # "json:key=value" passes a typed value (helm's --set reads 2.5 as a string).
         args += ["--set-json", s.removeprefix("json:")] if s.startswith("json:") else ["--set", s]
@@ -280,10 +286,12 @@ def test_webhook_configuration(tools: Path) -> None:
     docs = render(tools)
     w = webhook(docs)
     assert w["name"] == "pods.concurrency-injector.io"
-    assert w["rules"] == [{
-        "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-        "resources": ["pods"], "scope": "Namespaced",
-    }]
+    assert w["rules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+         "resources": ["pods"], "scope": "Namespaced"},
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+         "resources": ["pods/resize"], "scope": "Namespaced"},
+    ]
     assert w["failurePolicy"] == "Ignore"
     assert w["timeoutSeconds"] == 3
     assert w["sideEffects"] == "None"
@@ -319,10 +327,12 @@ def test_webhook_settings_from_values(tools: Path) -> None:
 def test_match_conditions_only_from_1_30(tools: Path) -> None:
     assert "matchConditions" not in webhook(render(tools, kube_version="1.29.0"))
     conditions = webhook(render(tools, kube_version="1.30.0"))["matchConditions"]
-    assert [c["name"] for c in conditions] == ["not-mirror-pod", "not-opted-out", "has-cpu-limit"]
+    assert [c["name"] for c in conditions] == [
+        "not-mirror-pod", "not-opted-out", "resize-of-a-patched-pod", "has-cpu-limit"]
     assert "kubernetes.io/config.mirror" in conditions[0]["expression"]
     off = webhook(render(tools, "webhook.skipPodsWithoutCpuLimit=false", kube_version="1.31.0"))
-    assert [c["name"] for c in off["matchConditions"]] == ["not-mirror-pod", "not-opted-out"]
+    assert [c["name"] for c in off["matchConditions"]] == [
+        "not-mirror-pod", "not-opted-out", "resize-of-a-patched-pod"]
 
 
 def _pod(
@@ -347,6 +357,7 @@ def _pod(
 
 
 CPU = {"cpu": "1"}
+STATUS = {"concurrency-injector.io/status": "{}"}
 CEL_CASES = {
     "container-cpu-limit": (_pod(limits=CPU), True),
     "init-container-cpu-limit": (_pod(init_limits=CPU), True),
@@ -357,11 +368,25 @@ CEL_CASES = {
     "memory-limit-only": (_pod(limits={"memory": "1Gi"}, pod_limits={"memory": "1Gi"}), False),
     "mirror-pod": (_pod(annotations={"kubernetes.io/config.mirror": "abc"}, limits=CPU), False),
     "opted-out": (_pod(annotations={"concurrency-injector.io/inject": "false"}, limits=CPU), False),
+    "create-with-a-status-copied-in": (_pod(annotations=STATUS, limits=CPU), True),
+    "resize-of-a-patched-pod": (_pod(annotations=STATUS, limits=CPU), "UPDATE", True),
+    "resize-removing-the-last-limit": (_pod(annotations=STATUS), "UPDATE", True),
+    "resize-of-a-pod-never-patched": (_pod(limits=CPU), "UPDATE", False),
+    "resize-no-annotations": (_pod(annotations={"a": "b"}, limits=CPU), "UPDATE", False),
+    "resize-of-an-opted-out-pod": (
+        _pod(annotations={**STATUS, "concurrency-injector.io/inject": "false"}, limits=CPU),
+        "UPDATE", False),
 }
 
 
-@pytest.mark.parametrize(("pod", "called"), CEL_CASES.values(), ids=CEL_CASES.keys())
-def test_match_conditions_decide_as_intended(tools: Path, pod: Doc, called: bool) -> None:
+@pytest.mark.parametrize(
+    ("pod", "operation", "called"),
+    [(c[0], "CREATE", c[1]) if len(c) == 2 else c for c in CEL_CASES.values()],
+    ids=CEL_CASES.keys(),
+)
+def test_match_conditions_decide_as_intended(
+    tools: Path, pod: Doc, operation: str, called: bool
+) -> None:
     """The rendered CEL, evaluated by a CEL implementation (cel-python) on sample pods.
 
     The API server calls the webhook only when every condition is true; an evaluation error
@@ -369,7 +394,11 @@ def test_match_conditions_decide_as_intended(tools: Path, pod: Doc, called: bool
     """
     celpy = pytest.importorskip("celpy", reason="cel-python evaluates the matchConditions")
     env = celpy.Environment()
-    activation = {"object": celpy.json_to_cel(pod)}
+    activation = {
+        "object": celpy.json_to_cel(pod),
+        "request": celpy.json_to_cel({"operation": operation, "subResource": "resize"
+                                      if operation == "UPDATE" else ""}),
+    }
     results = []
     for condition in webhook(render(tools))["matchConditions"]:
         program = env.program(env.compile(condition["expression"]))
@@ -570,6 +599,7 @@ def test_notes_tell_how_to_opt_in(tools: Path) -> None:
     run = helm(tools, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client")
     assert run.returncode == 0, run.stderr
     assert "kubectl label namespace <NAMESPACE> concurrency-injector.io/enabled=true" in run.stdout
+    assert f"helm test {RELEASE} -n {NAMESPACE}" in run.stdout
 
 
 def test_long_release_name_truncates_to_63(tools: Path) -> None:
@@ -682,3 +712,98 @@ def test_chart_profile_values_reach_the_server(tools: Path) -> None:
     active = settings.profiles()
     assert "celery" not in active.names()
     assert active.profiles["acme"].env == ("ACME_WORKERS",)
+
+
+def hooks(docs: list[Doc]) -> dict[str, Doc]:
+    """The `helm test` hook objects, by kind."""
+    found = [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    by_kind = {d["kind"]: d for d in found}
+    assert len(by_kind) == len(found), kinds(found)
+    return by_kind
+
+
+SELFTEST = f"{FULLNAME}-selftest"
+
+
+def test_selftest_hook_dry_runs_in_a_namespace_it_makes(tools: Path) -> None:
+    docs = render(tools, tests=True)
+    test = hooks(docs)
+    assert sorted(test) == ["Namespace", "Pod", "Role", "RoleBinding", "ServiceAccount"]
+    assert test["Namespace"]["metadata"]["name"] == SELFTEST
+    assert test["Namespace"]["metadata"]["labels"]["concurrency-injector.io/enabled"] == "true"
+    weights = {k: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for k, d in test.items()}
+    assert weights["Namespace"] < weights["Role"] == weights["RoleBinding"] < weights["Pod"]
+    for d in test.values():
+        assert d["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == (
+            "before-hook-creation,hook-succeeded")
+    # Only `create` on pods, only in the test namespace, only for the test's ServiceAccount.
+    assert test["Role"]["metadata"]["namespace"] == SELFTEST
+    assert test["Role"]["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}]
+    binding = test["RoleBinding"]
+    assert binding["metadata"]["namespace"] == SELFTEST
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SELFTEST}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SELFTEST, "namespace": NAMESPACE}]
+    assert test["ServiceAccount"]["metadata"]["namespace"] == NAMESPACE
+
+
+def test_selftest_pod_runs_the_webhook_image_restricted(tools: Path) -> None:
+    docs = render(tools, "image.repository=ghcr.io/x/ci", "image.tag=1.2.3", tests=True)
+    pod = hooks(docs)["Pod"]
+    assert pod["metadata"]["namespace"] == NAMESPACE
+    spec = pod["spec"]
+    assert (spec["serviceAccountName"], spec["restartPolicy"]) == (SELFTEST, "Never")
+    assert spec["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    (c,) = spec["containers"]
+    assert c["image"] == container(docs)["image"] == "ghcr.io/x/ci:1.2.3"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The image's entrypoint is the CLI: the args are a subcommand it knows, with its options.
+    assert "command" not in c
+    args = build_parser().parse_args(c["args"])
+    assert (args.command, args.namespace, args.image) == ("selftest", SELFTEST, "ghcr.io/x/ci:1.2.3")
+    assert (args.webhook_config, args.timeout) == (FULLNAME, 60.0)
+    # Never counted as a webhook replica: none of the Deployment's selector labels match.
+    selector = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert not selector.items() <= pod["metadata"]["labels"].items()
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "selftest"
+
+
+@pytest.mark.parametrize("kube_version", ["1.29.0", "1.31.0"], ids=["k8s-1.29", "k8s-1.31"])
+def test_selftest_objects_are_valid(tools: Path, kube_version: str) -> None:
+    import kubernetes_validate
+
+    for sets in ((), ("test.namespace=team-a",)):
+        for doc in hooks(render(tools, *sets, kube_version=kube_version, tests=True)).values():
+            kubernetes_validate.validate(doc, kube_version, strict=True)
+
+
+def test_selftest_in_a_namespace_of_yours(tools: Path) -> None:
+    test = hooks(render(tools, "test.namespace=team-a", "test.timeoutSeconds=5", tests=True))
+    assert sorted(test) == ["Pod", "Role", "RoleBinding", "ServiceAccount"]
+    assert test["Role"]["metadata"]["namespace"] == test["RoleBinding"]["metadata"]["namespace"] == "team-a"
+    args = build_parser().parse_args(test["Pod"]["spec"]["containers"][0]["args"])
+    assert (args.namespace, args.timeout) == ("team-a", 5.0)
+
+
+@pytest.mark.parametrize("namespace", ["kube-system", NAMESPACE, "team-b"])
+def test_selftest_namespace_must_be_one_the_webhook_is_sent(tools: Path, namespace: str) -> None:
+    run = helm(tools, "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+               "--set", f"test.namespace={namespace}", "--set", "webhook.excludeNamespaces={team-b}")
+    assert run.returncode != 0
+    assert f"test.namespace: {namespace} is never sent to the webhook" in run.stderr
+
+
+def test_selftest_can_be_turned_off(tools: Path) -> None:
+    assert hooks(render(tools, "test.enabled=false", tests=True)) == {}
+
+
+def test_selftest_names_stay_within_63(tools: Path) -> None:
+    docs = render(tools, f"fullnameOverride={'f' * 70}", tests=True)
+    for d in hooks(docs).values():
+        assert len(d["metadata"]["name"]) <= 63
+        assert d["metadata"]["name"].endswith("-selftest")

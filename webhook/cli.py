@@ -13,7 +13,7 @@ import jsonpatch
 import orjson
 import yaml
 
-from webhook import __version__, logs, wiring
+from webhook import __version__, logs, selftest, wiring
 from webhook.admission.handler import AdmissionHandler, Answer
 from webhook.admission.review import ReviewError, pod_create_review
 from webhook.config import ConfigError, Settings, env_name
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     mutate.add_argument("--mode", choices=["enforce", "audit"])
     _registry_flags(mutate)
     survey_command.add_parsers(commands, _registry_flags)
+    selftest.add_parser(commands)
     return parser
 
 
@@ -119,6 +120,8 @@ def apply_flags(args: argparse.Namespace, environ: dict[str, str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "selftest":  # a client of the API server: no server settings
+        return selftest.run(args)
     if args.command == "serve" and args.dev:
         server.prepare_dev(args, os.environ)
     apply_flags(args, os.environ)  # type: ignore[arg-type]

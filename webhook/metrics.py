@@ -36,6 +36,12 @@ ERRORS = Counter(
     "Internal errors; each one admitted a pod unpatched (fail-open).",
     ["stage"],
 )
+RESIZE_STALE = Counter(
+    f"{NS}_resize_stale_total",
+    "Containers whose in-place resize left the worker count set at creation stale (warned), "
+    "by runtime.",
+    ["runtime"],
+)
 CONNECTIONS_CLOSED = Counter(
     f"{NS}_connections_closed_total",
     "Connections the server closed on a bound, by reason (first-request-timeout, read-timeout, "

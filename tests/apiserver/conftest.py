@@ -19,6 +19,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -172,9 +173,10 @@ class Release:
         """The name the API server checks the serving certificate for."""
         return f"{self.service}.{self.namespace}.svc"
 
-    def render(self, *sets: str) -> list[Doc]:
-        """`helm template` of the real chart, as installed here, with extra `--set`s."""
-        return render(self.helm, self.kube_version, self.namespace, *sets)
+    def render(self, *sets: str, tests: bool = False) -> list[Doc]:
+        """`helm template` of the real chart, as installed here, with extra `--set`s (and with
+        `tests`, the `helm test` hooks)."""
+        return render(self.helm, self.kube_version, self.namespace, *sets, tests=tests)
 
 
 # The registry is off: the examples' images are not reachable from this machine, and nothing
@@ -182,9 +184,11 @@ class Release:
 CHART_SETS = ("registry.enabled=false",)
 
 
-def render(helm: Path, kube_version: str, namespace: str, *sets: str) -> list[Doc]:
+def render(helm: Path, kube_version: str, namespace: str, *sets: str, tests: bool = False) -> list[Doc]:
     args = [str(helm), "template", RELEASE, str(CHART), "--namespace", namespace]
     args += ["--kube-version", kube_version]
+    if not tests:
+        args.append("--skip-tests")  # the `helm test` hooks: applied by `helm test` only
     for value in (*CHART_SETS, *sets):
         args += ["--set", value]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
@@ -251,6 +255,29 @@ def endpoint_slice(release: Release, *, address: str, port: int) -> Doc:
         "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
         "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
     }
+
+
+@contextmanager
+def wrong_service_port(cluster: Cluster, release: Release) -> Iterator[None]:
+    """The chart's webhook configuration naming a port its Service does not have, meanwhile.
+
+    Changing the clientConfig makes the API server build a new client, so no open connection is
+    reused: kube-apiserver 1.35 resolves a webhook Service only when it dials, and keeps using a
+    connection to an endpoint that is gone (1.37 resolves each request).
+    """
+    name = release.webhook_config["metadata"]["name"]
+    port = release.webhook_config["webhooks"][0]["clientConfig"]["service"]["port"]
+
+    def set_port(value: int) -> None:
+        op = {"op": "replace", "path": "/webhooks/0/clientConfig/service/port", "value": value}
+        cluster.kubectl("patch", "mutatingwebhookconfiguration", name, "--type", "json",
+                        "-p", json.dumps([op]))  # fmt: skip
+
+    set_port(port + 1)
+    try:
+        yield
+    finally:
+        set_port(port)
 
 
 def self_managed_env(release: Release, sa_kubeconfig: Path, directory: Path) -> dict[str, str]:

@@ -26,6 +26,7 @@ from webhook.admission.review import (
     check_review,
     fail_open,
     is_pod_create,
+    is_pod_resize,
     parse_review,
     respond,
     review_of,
@@ -39,6 +40,7 @@ from webhook.admission.types import (
 from webhook.config import Settings
 from webhook.core.decision import Decision, configmaps_to_read, decide
 from webhook.core.detection import images_to_resolve
+from webhook.core.resize import Stale, recorded_status, stale_counts
 from webhook.core.types import ImageConfig, Obj
 from webhook.lru import LRU
 
@@ -112,6 +114,8 @@ class AdmissionHandler:
     async def _answer(self, checked: AdmissionReview, budget: float | None) -> Answer:
         request = checked["request"]
         uid = request["uid"]
+        if is_pod_resize(checked):
+            return self._resize(uid, request.get("object") or {}, request.get("namespace") or "")
         if not is_pod_create(checked):
             return Answer({"uid": uid, "allowed": True}, "ignored")
         pod: Obj = request.get("object") or {}
@@ -147,6 +151,23 @@ class AdmissionHandler:
         if self.record:
             _record(decision, _pod_name(pod, namespace))
         return Answer(response, decision.outcome, decision)
+
+    def _resize(self, uid: str, pod: Obj, namespace: str) -> Answer:
+        """An in-place resize: allowed, never patched; a warning per container whose recorded
+        worker count the new limits no longer give (env cannot change without a new pod)."""
+        try:
+            if not recorded_status(pod):
+                return Answer({"uid": uid, "allowed": True}, "ignored")  # not a pod we patched
+            stale = stale_counts(pod, self.options)
+        except Exception:
+            # Fail open, by decision, as for a create: a resize is never blocked on our bug.
+            metrics.ERRORS.labels("resize").inc()
+            log.exception("resize review failed; allowed", extra={"pod": _pod_name(pod, namespace)})
+            return Answer(fail_open(uid), "error")
+        warnings = [s.warning for s in stale]
+        if self.record and stale:
+            _record_stale(stale, _pod_name(pod, namespace))
+        return Answer(allow(uid, warnings=warnings), "unchanged")
 
     def handle_now(self, review: Any) -> Answer:
         """`handle` without an event loop, for callers that make no lookups (a sync server).
@@ -247,6 +268,20 @@ def _record(decision: Decision, pod: str) -> None:
     if decision.containers or decision.warnings:
         message = "pod mutated" if decision.outcome == "patched" else "pod reviewed"
         logs.info_json(log, message, {"pod": pod}, decision.summary_json)
+
+
+def _record_stale(stale: list[Stale], pod: str) -> None:
+    """Metrics and one log line for a resize that leaves worker counts stale."""
+    for s in stale:
+        metrics.child(metrics.RESIZE_STALE, s.runtime).inc()
+    metrics.WARNINGS.inc(len(stale))
+    log.warning(
+        "resize leaves a worker count stale until the pod is recreated",
+        extra={
+            "pod": pod,
+            "containers": {s.container: {s.variable: [s.kept, s.wanted]} for s in stale},
+        },
+    )
 
 
 def mutate_review(review: Any, settings: Settings) -> dict[str, Any]:

@@ -71,13 +71,22 @@ def check_review(data: Any) -> AdmissionReview:
 
 def is_pod_create(review: AdmissionReview) -> bool:
     """Only Pod CREATE is patched; every other request is allowed unchanged."""
+    return _is_pod(review, "CREATE", None)
+
+
+def is_pod_resize(review: AdmissionReview) -> bool:
+    """An in-place resize (`pods/resize`, UPDATE): checked for a stale count, never patched."""
+    return _is_pod(review, "UPDATE", "resize")
+
+
+def _is_pod(review: AdmissionReview, operation: str, sub_resource: str | None) -> bool:
     request = review["request"]
     kind = request["kind"]
     return (
-        request["operation"] == "CREATE"
+        request["operation"] == operation
         and kind.get("group") == ""
         and kind.get("kind") == "Pod"
-        and not request.get("subResource")
+        and (request.get("subResource") or None) == sub_resource
         and isinstance(request.get("object"), dict)
     )
 

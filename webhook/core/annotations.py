@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
+from webhook.core import keys
 from webhook.core.types import Obj
 
 NONE: Mapping[str, Any] = {}
@@ -31,3 +34,15 @@ def boolean(annotations: Mapping[str, Any], key: str) -> bool | None:
     """A boolean annotation: True for `true`, False for `false`, None when absent or neither."""
     value = word(annotations, key)
     return True if value == "true" else False if value == "false" else None
+
+
+def status(annotations: Mapping[str, Any]) -> Mapping[str, Obj]:
+    """The status annotation an earlier pass wrote, per container; empty when absent or bad."""
+    raw = annotations.get(keys.STATUS)
+    if not isinstance(raw, str):
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -13,12 +13,13 @@ import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 
 from webhook.core import keys
 from webhook.core.annotations import annotations_of, boolean, word
+from webhook.core.annotations import status as status_of
 from webhook.core.detection import (
     NotTarget,
     Source,
@@ -188,7 +189,7 @@ def decide(
     warnings += more
     located = _locate(pod)
     env_context = EnvContext(
-        previous=_previous_status(annotations),
+        previous=status_of(annotations),
         override=boolean(annotations, keys.OVERRIDE) is True,
         configmaps=configmaps or {},
         env_from_unknown=options.env_from_unknown,
@@ -291,18 +292,6 @@ def _status_ops(pod: Obj, status: str) -> list[Obj]:
         return []
     verb = "replace" if keys.STATUS in annotations else "add"
     return [op(verb, ("metadata", "annotations", keys.STATUS), status)]
-
-
-def _previous_status(annotations: Mapping[str, Any]) -> Mapping[str, Obj]:
-    """The status this webhook wrote on an earlier pass, to recognise its own env entries."""
-    raw = annotations.get(keys.STATUS)
-    if not isinstance(raw, str):
-        return {}
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _wanted(

@@ -156,3 +156,31 @@ envFrom ConfigMap check. Without either, no token is mounted at all.
 {{- define "concurrency-injector.needsApiAccess" -}}
 {{- if or (eq (include "concurrency-injector.tlsMode" .) "selfManaged") .Values.server.readConfigMaps }}true{{- end }}
 {{- end }}
+
+{{/*
+The `helm test` self-test: its objects' name, labels (never the webhook's selector labels, so no
+Service, ReplicaSet or PodDisruptionBudget of the webhook counts its pod), and the labelled
+namespace it dry-runs a pod in: test.namespace, else one the test creates for the run.
+*/}}
+{{- define "concurrency-injector.selftestName" -}}
+{{- printf "%s-selftest" (include "concurrency-injector.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "concurrency-injector.selftestLabels" -}}
+helm.sh/chart: {{ include "concurrency-injector.chart" . }}
+app.kubernetes.io/name: {{ printf "%s-selftest" (include "concurrency-injector.name" . | trunc 54 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: selftest
+app.kubernetes.io/part-of: concurrency-injector
+{{- end }}
+
+{{- define "concurrency-injector.selftestNamespace" -}}
+{{- $namespace := default (include "concurrency-injector.selftestName" .) .Values.test.namespace }}
+{{- $excluded := concat (list "kube-system" "kube-node-lease" .Release.Namespace) .Values.webhook.excludeNamespaces }}
+{{- if has $namespace $excluded }}
+{{- fail (printf "test.namespace: %s is never sent to the webhook (excluded); name a namespace labelled concurrency-injector.io/enabled=true" $namespace) }}
+{{- end }}
+{{- $namespace }}
+{{- end }}
