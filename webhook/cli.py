@@ -19,6 +19,7 @@ from webhook.admission.review import ReviewError, pod_create_review
 from webhook.config import ConfigError, Settings, env_name
 from webhook.core.patch import prefixed
 from webhook.core.types import Obj
+from webhook.native import command as native_command
 from webhook.serving import server
 from webhook.workloads import DocumentConfigMaps, InputError, namespace_of, pod_slots
 
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     mutate.add_argument("-o", "--output", choices=["yaml", "json", "patch"], default="yaml")
     mutate.add_argument("--mode", choices=["enforce", "audit"])
     _registry_flags(mutate)
+    native_command.add_parser(commands)
     return parser
 
 
@@ -127,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INPUT
     if args.command == "serve":
         return server.serve(settings)
+    if args.command == "policy":
+        return native_command.run(args, settings)
     return run_mutate(args.filename, args.output, settings)
 
 
