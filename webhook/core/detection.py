@@ -128,14 +128,27 @@ def images_to_resolve(pod: Obj, profiles: ProfileSet) -> list[str]:
     ):
         return []
     wanted: list[str] = []
+    decided_natively = native(annotations)
     for container, init in containers_of(pod):
         if init or container.get("command") or not isinstance(container.get("image"), str):
+            continue
+        if container.get("name") in decided_natively:
             continue
         if container.get("args") and find_server(list(container["args"]), profiles) is not None:
             continue
         if container["image"] not in wanted:
             wanted.append(container["image"])
     return wanted
+
+
+def native(annotations: Mapping[str, Any]) -> frozenset[str]:
+    """The containers the native policy decided (its annotation): the webhook leaves them.
+
+    Under the chart's hybrid mode the policy runs first (the API server calls admission
+    policies before webhooks), so a container is decided by exactly one of the two.
+    """
+    value = annotations.get(keys.NATIVE)
+    return frozenset(value.split(",")) if isinstance(value, str) and value else frozenset()
 
 
 def opted_out(annotations: Mapping[str, Any]) -> bool:
@@ -164,10 +177,11 @@ def select_targets(
     listed = annotations.get(keys.CONTAINERS)
     if listed:
         return _listed(pod, str(listed), runtime, images, profiles, warnings)
+    decided_natively = native(annotations)
     if runtime is not None:
         container, more = default_container(pod, annotations)
         warnings += more
-        if container is None:
+        if container is None or container.get("name") in decided_natively:
             return [], warnings
         command = [*(container.get("command") or []), *(container.get("args") or [])]
         server = find_server(command, profiles)
@@ -176,7 +190,7 @@ def select_targets(
 
     targets = []
     for container, init in containers_of(pod):
-        if init:
+        if init or container.get("name") in decided_natively:
             continue
         name = str(container.get("name"))
         found = detect(container, images.get(container.get("image", "")), profiles)

@@ -35,7 +35,7 @@ from webhook.core.profiles import GENERIC, GENERIC_PROFILE, Profile, ProfileSet
 
 # The annotation the policy writes: the containers it decided, comma-separated. The webhook
 # leaves those containers alone (hybrid mode), and audits can tell who set what.
-MARKER = keys.PREFIX + "native"
+MARKER = keys.NATIVE
 # Annotations that change the rules for the whole pod: the policy leaves such pods to the webhook.
 POD_RULE_ANNOTATIONS = (
     keys.WORKERS_PER_CPU,
