@@ -1,0 +1,174 @@
+"""Native mode on the real API server: the generated policies apply, and a generated corpus of
+pods stores the same env under the policy as under the webhook for every container the policy
+decides (the classifier names them, the policy's marker agrees), leaves the rest untouched, and
+under hybrid (policy and webhook together) stores exactly what the webhook alone stores."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.apiserver.cluster import ENABLED_LABEL, Cluster, Doc, wait_for
+from tests.apiserver.conftest import REPORT, Release
+from tests.apiserver.webhooks import Serve
+from tests.podgen import native_corpus
+from webhook.config import Settings
+from webhook.core.keys import NATIVE, STATUS
+from webhook.native.classify import decided
+from webhook.native.policy import KubeVersion, objects
+
+pytestmark = pytest.mark.apiserver
+
+SCENARIO = "concurrency-injector.io/scenario"
+SEED = 19
+PODS = 300
+
+
+def chart_settings(release: Release) -> Settings:
+    """The settings the chart gives the webhook: the policy is generated from the same."""
+    return Settings.from_env({k: v for k, v in release.env.items() if k.startswith("CONCURRENCY_INJECTOR_")})
+
+
+def retargeted(docs: list[Doc], key: str) -> list[Doc]:
+    """The generated objects, renamed and selecting only namespaces labelled for `key`."""
+    out = []
+    for doc in copy.deepcopy(docs):
+        doc["metadata"]["name"] += f"-{key}"
+        if "policyName" in doc["spec"]:
+            doc["spec"]["policyName"] += f"-{key}"
+        if "matchConstraints" in doc["spec"]:
+            doc["spec"]["matchConstraints"]["namespaceSelector"] = {"matchLabels": {SCENARIO: key}}
+        out.append(doc)
+    return out
+
+
+def server_dry_run(cluster: Cluster, namespace: str, pod: Doc) -> Doc:
+    body = copy.deepcopy(pod)
+    body["metadata"]["namespace"] = namespace
+    created = cluster.core.create_namespaced_pod(namespace, body, dry_run="All")
+    stored: Doc = cluster.api.sanitize_for_serialization(created)
+    return stored
+
+
+def env(pod: Doc, name: str) -> list[Doc]:
+    for c in pod["spec"]["containers"]:
+        if c["name"] == name:
+            return list(c.get("env") or [])
+    raise AssertionError(name)
+
+
+@pytest.fixture(scope="module")
+def policy_docs(release: Release) -> list[Doc]:
+    return objects(chart_settings(release).options, kube=KubeVersion.parse(release.kube_version))
+
+
+@pytest.fixture(scope="module")
+def scenario(cluster: Cluster, policy_docs: list[Doc]) -> Iterator[Callable[..., str]]:
+    """Factory: a namespace labelled `labels`, with the policy selecting it when `policy`."""
+    applied: list[Doc] = []
+
+    def make(key: str, *, policy: bool, webhook: bool) -> str:
+        labels = {SCENARIO: key, **({ENABLED_LABEL: "true"} if webhook else {})}
+        namespace = cluster.namespace(labels=labels, prefix=key)
+        if policy:
+            docs = retargeted(policy_docs, key)
+            cluster.apply(docs)
+            applied.extend(docs)
+            probe = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"}, "spec": {"containers": [
+                {"name": "web", "image": "x", "command": ["gunicorn", "a"], "resources": {"limits": {"cpu": "1"}}}]}}
+            wait_for(
+                lambda: NATIVE in (server_dry_run(cluster, namespace, probe)["metadata"].get("annotations") or {}),
+                what=f"the policy acting in {namespace}",
+            )
+        return namespace
+
+    yield make
+    for doc in applied:
+        cluster.kubectl("delete", doc["kind"].lower(), doc["metadata"]["name"], check=False)
+
+
+def test_generated_policy_applies_cleanly(cluster: Cluster, policy_docs: list[Doc]) -> None:
+    done = cluster.apply(retargeted(policy_docs, "apply"), "--dry-run=server")
+    assert done.stderr == ""
+    assert done.stdout.count("created (server dry run)") == 4
+
+
+def test_native_equals_webhook_where_cel_decides(
+    cluster: Cluster, release: Release, webhook: Serve, scenario: Callable[..., str]
+) -> None:
+    settings = chart_settings(release)
+    native_ns = scenario("native", policy=True, webhook=False)
+    webhook_ns = scenario("webhook", policy=False, webhook=True)
+    hybrid_ns = scenario("hybrid", policy=True, webhook=True)
+    corpus = native_corpus(SEED, PODS)
+    counts: Counter[str] = Counter()
+    forms: Counter[str] = Counter()
+    timings: dict[str, float] = {}
+    stored: dict[str, list[Doc]] = {}
+    for key, namespace in (("native", native_ns), ("webhook", webhook_ns), ("hybrid", hybrid_ns)):
+        started = time.monotonic()
+        stored[key] = [server_dry_run(cluster, namespace, pod) for pod in corpus]
+        timings[key] = time.monotonic() - started
+    for n, pod in enumerate(corpus):
+        native, by_webhook, hybrid = stored["native"][n], stored["webhook"][n], stored["hybrid"][n]
+        expected = decided(pod, settings.options, disabled=settings.disabled_profiles)
+        marker = (native["metadata"].get("annotations") or {}).get(NATIVE, "")
+        where = f"pod {pod['metadata']['name']}: {pod['metadata']['annotations']}"
+        assert marker == ",".join(expected), where
+        for c in pod["spec"]["containers"]:
+            name = c["name"]
+            counts["containers"] += 1
+            if name in expected:
+                counts["decided by CEL"] += 1
+                forms[" ".join((c.get("command") or []) + (c.get("args") or []))[:40]] += 1
+                assert env(native, name) == env(by_webhook, name), f"{where}: {c}"
+                if env(native, name) != list(c.get("env") or []):
+                    counts["decided by CEL, env set"] += 1
+            else:
+                assert env(native, name) == list(c.get("env") or []), f"{where}: {c}"
+                if env(by_webhook, name) != list(c.get("env") or []):
+                    counts["left to the webhook, env set by it"] += 1
+            assert env(hybrid, name) == env(by_webhook, name), f"{where}: hybrid {c}"
+        hybrid_status = (hybrid["metadata"].get("annotations") or {}).get(STATUS)
+        if hybrid_status:  # the webhook wrote status only for containers the policy left to it
+            assert not set(expected) & set(json.loads(hybrid_status)), where
+    counts["pods"] = len(corpus)
+    REPORT["native: differential corpus (seed, counts)"] = f"{SEED}, {dict(counts)}"
+    REPORT["native: distinct command forms CEL decided"] = len(forms)
+    REPORT["native: dry-run creation of the corpus (s)"] = ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+    assert counts["decided by CEL, env set"] > 100
+    assert counts["left to the webhook, env set by it"] > 50
+
+
+def test_a_pod_of_100_containers_stays_within_the_cost_limit(
+    cluster: Cluster, scenario: Callable[..., str]
+) -> None:
+    namespace = scenario("cost", policy=True, webhook=False)
+    long_args = ["--bind", "0.0.0.0:8000", "--access-logfile", "-"] * 5
+    pod: Doc = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "wide", "annotations": {"concurrency-injector.io/runtime": ""}},
+        "spec": {
+            "containers": [
+                {
+                    "name": f"c{i}",
+                    "image": "x",
+                    "command": ["tini", "--", "python3", "-m", "celery", "-A", "proj", "worker", *long_args],
+                    "env": [{"name": f"V{j}", "value": "x"} for j in range(20)],
+                    "resources": {"limits": {"cpu": "1500m"}},
+                }
+                for i in range(100)
+            ]
+        },
+    }
+    stored: Any = server_dry_run(cluster, namespace, pod)
+    assert stored["metadata"]["annotations"][NATIVE].count(",") == 99
+    for c in stored["spec"]["containers"]:
+        assert [e["name"] for e in c["env"][20:]] == ["CELERY_WORKER_CONCURRENCY", "CPU_LIMIT", "PYTHON_CPU_COUNT"]
