@@ -104,7 +104,8 @@ def settings_variables(options: Options, *, disabled: Iterable[str] = ()) -> lis
         ("pythonCpuCount", "true" if options.python_cpu_count else "false"),
         ("resizeRestart", "true" if options.resize_restart else "false"),
         ("memoryPerWorker", lit(_quantity_text(mpw) if mpw is not None else "")),
-        ("disabledProfiles", str_list(disabled)),
+        # Compact, as the chart's toJson writes it.
+        ("disabledProfiles", json.dumps(list(disabled), separators=(",", ":"))),
     ]
 
 

@@ -113,7 +113,11 @@ def millis(cpu: str | None) -> int:
 
 
 def decided(pod: Obj, options: Options, *, disabled: Iterable[str] = ()) -> dict[str, str]:
-    """The containers the policy decides, by name, with the runtime it decides them as."""
+    """The containers the policy decides, by name, with the runtime it decides them as.
+
+    `options` holds the profiles before any is disabled (as the policy's tables do), and
+    `disabled` the names turned off.
+    """
     if not considered(pod):
         return {}
     profiles = options.profiles

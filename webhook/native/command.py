@@ -10,6 +10,8 @@ import orjson
 import yaml
 
 from webhook.config import Settings
+from webhook.core.options import Options
+from webhook.core.profiles import active
 from webhook.native.policy import KubeVersion, PolicyError, objects
 
 EXIT_INPUT = 2
@@ -46,9 +48,12 @@ def run(
     stderr: TextIO = sys.stderr,
 ) -> int:
     """Print the objects; exit 2 names what cannot be generated."""
+    # The tables hold every profile, disabled ones too: the policy's `disabledProfiles`
+    # variable turns them off, so the chart can change that list without new CEL.
+    options = Options.of(settings, active(settings.extra_profiles))
     try:
         docs = objects(
-            settings.options,
+            options,
             kube=KubeVersion.parse(args.kube_version),
             disabled=settings.disabled_profiles,
             excluded_namespaces=args.exclude_namespace,
