@@ -16,7 +16,7 @@ import pytest
 
 from tests.apiserver.cluster import ENABLED_LABEL, Cluster, Doc, wait_for
 from tests.apiserver.conftest import REPORT, Release
-from tests.apiserver.webhooks import Serve
+from tests.apiserver.webhooks import Serve, chart_env
 from tests.podgen import native_corpus
 from webhook.config import Settings
 from webhook.core.keys import NATIVE, STATUS
@@ -26,6 +26,12 @@ from webhook.native.policy import KubeVersion, objects
 pytestmark = pytest.mark.apiserver
 
 SCENARIO = "concurrency-injector.io/scenario"
+POLICY_KINDS = (
+    "MutatingAdmissionPolicy",
+    "MutatingAdmissionPolicyBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+)
 SEED = 19
 PODS = 300
 
@@ -69,15 +75,30 @@ def policy_docs(release: Release) -> list[Doc]:
 
 
 @pytest.fixture(scope="module")
-def scenario(cluster: Cluster, policy_docs: list[Doc]) -> Iterator[Callable[..., str]]:
-    """Factory: a namespace labelled `labels`, with the policy selecting it when `policy`."""
+def chart_policies(release: Release) -> dict[str, list[Doc]]:
+    """The policies the chart installs in native and hybrid mode (with the suite's values)."""
+    found = {}
+    for mode in ("native", "hybrid"):
+        docs = release.render(f"mode={mode}")
+        if mode == "hybrid":  # the same webhook as the suite's, whose settings it shares
+            assert chart_env(docs, release.namespace) == release.env
+        else:
+            assert {d["kind"] for d in docs} == set(POLICY_KINDS)
+        found[mode] = [d for d in docs if d["kind"] in POLICY_KINDS]
+    return found
+
+
+@pytest.fixture(scope="module")
+def scenario(cluster: Cluster) -> Iterator[Callable[..., str]]:
+    """Factory: a namespace for `key`, opted in to the webhook when `webhook`, and selected by
+    the `policies` given (the chart's, retargeted to that namespace alone)."""
     applied: list[Doc] = []
 
-    def make(key: str, *, policy: bool, webhook: bool) -> str:
+    def make(key: str, *, policies: list[Doc] | None, webhook: bool) -> str:
         labels = {SCENARIO: key, **({ENABLED_LABEL: "true"} if webhook else {})}
         namespace = cluster.namespace(labels=labels, prefix=key)
-        if policy:
-            docs = retargeted(policy_docs, key)
+        if policies:
+            docs = retargeted(policies, key)
             cluster.apply(docs)
             applied.extend(docs)
             probe = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"}, "spec": {"containers": [
@@ -100,12 +121,16 @@ def test_generated_policy_applies_cleanly(cluster: Cluster, policy_docs: list[Do
 
 
 def test_native_equals_webhook_where_cel_decides(
-    cluster: Cluster, release: Release, webhook: Serve, scenario: Callable[..., str]
+    cluster: Cluster,
+    release: Release,
+    webhook: Serve,
+    scenario: Callable[..., str],
+    chart_policies: dict[str, list[Doc]],
 ) -> None:
     settings = chart_settings(release)
-    native_ns = scenario("native", policy=True, webhook=False)
-    webhook_ns = scenario("webhook", policy=False, webhook=True)
-    hybrid_ns = scenario("hybrid", policy=True, webhook=True)
+    native_ns = scenario("native", policies=chart_policies["native"], webhook=False)
+    webhook_ns = scenario("webhook", policies=None, webhook=True)
+    hybrid_ns = scenario("hybrid", policies=chart_policies["hybrid"], webhook=True)
     corpus = native_corpus(SEED, PODS)
     counts: Counter[str] = Counter()
     forms: Counter[str] = Counter()
@@ -147,9 +172,9 @@ def test_native_equals_webhook_where_cel_decides(
 
 
 def test_a_pod_of_100_containers_stays_within_the_cost_limit(
-    cluster: Cluster, scenario: Callable[..., str]
+    cluster: Cluster, scenario: Callable[..., str], chart_policies: dict[str, list[Doc]]
 ) -> None:
-    namespace = scenario("cost", policy=True, webhook=False)
+    namespace = scenario("cost", policies=chart_policies["native"], webhook=False)
     long_args = ["--bind", "0.0.0.0:8000", "--access-logfile", "-"] * 5
     pod: Doc = {
         "apiVersion": "v1",

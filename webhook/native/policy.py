@@ -101,14 +101,15 @@ def match_conditions(max_containers: int, max_env: int, max_annotation_bytes: in
     ]
 
 
+# Values are plain CEL maps, not `Object.spec.containers.env{...}` literals: kube-apiserver 1.35
+# panics converting an Object literal to a JSON Patch value (fixed by 1.37); maps work on both.
 def _entry(name: str, value: str) -> str:
-    return f"Object.spec.containers.env{{name: {name}, value: {value}}}"
+    return f"{{'name': string({name}), 'value': string({value})}}"
 
 
 CPU_LIMIT_ENTRY = (
-    "Object.spec.containers.env{name: 'CPU_LIMIT', valueFrom: Object.spec.containers.env.valueFrom{"
-    "resourceFieldRef: Object.spec.containers.env.valueFrom.resourceFieldRef{"
-    "containerName: c.name, resource: 'limits.cpu', divisor: '1'}}}"
+    "{'name': dyn('CPU_LIMIT'), 'valueFrom': dyn({'resourceFieldRef': "
+    "{'containerName': string(c.name), 'resource': 'limits.cpu', 'divisor': '1'}})}"
 )
 
 
@@ -124,10 +125,7 @@ def mutations(options: Options) -> list[Obj]:
     """JSON Patches in the webhook's order: resizePolicy, worker variable(s), facts, marker."""
     slots = max((len(p.env) for p in options.profiles.profiles.values()), default=1)
     set_here = "variables.decided[i] && variables.millis[i] > 0"
-    resize_entry = (
-        "Object.spec.containers.resizePolicy{resourceName: 'cpu', "
-        "restartPolicy: 'RestartContainer'}"
-    )
+    resize_entry = "{'resourceName': 'cpu', 'restartPolicy': 'RestartContainer'}"
     resize = _per_container(
         f"variables.resizeRestart && {set_here} && "
         f"variables.wanted[i].exists(n, {_lacks('n')}) && "
