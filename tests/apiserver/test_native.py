@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.apiserver.cluster import ENABLED_LABEL, Cluster, Doc, wait_for
+from tests.apiserver.cluster import ENABLED_LABEL, Cluster, Doc, buckets, quantile, wait_for
 from tests.apiserver.conftest import REPORT, Release
 from tests.apiserver.webhooks import Serve, chart_env
 from tests.podgen import native_corpus
@@ -197,3 +197,61 @@ def test_a_pod_of_100_containers_stays_within_the_cost_limit(
     assert stored["metadata"]["annotations"][NATIVE].count(",") == 99
     for c in stored["spec"]["containers"]:
         assert [e["name"] for e in c["env"][20:]] == ["CELERY_WORKER_CONCURRENCY", "CPU_LIMIT", "PYTHON_CPU_COUNT"]
+
+
+REPLICAS = 50
+REQUESTS = "apiserver_request_duration_seconds"
+ADMIT_STEP = "apiserver_admission_step_admission_duration_seconds"
+
+
+def test_pod_creation_latency_by_mode(
+    cluster: Cluster, webhook: Serve, scenario: Callable[..., str], chart_policies: dict[str, list[Doc]]
+) -> None:
+    """A Deployment of 50 replicas created under each mode; the API server's own histograms of
+    pod POSTs (the whole request) and of the mutating admission step, between two scrapes."""
+    template = {
+        "containers": [
+            {"name": "web", "image": "x", "command": ["gunicorn", "app:app"], "resources": {"limits": {"cpu": "2"}}},
+            {"name": "worker", "image": "x", "command": ["sh", "-c", "exec celery -A p worker"], "resources": {"limits": {"cpu": "1"}}},
+        ]
+    }
+    modes: dict[str, dict[str, Any]] = {
+        "webhook": {"policies": None, "webhook": True},
+        "native": {"policies": chart_policies["native"], "webhook": False},
+        "hybrid": {"policies": chart_policies["hybrid"], "webhook": True},
+    }
+    for mode, how in modes.items():
+        namespace = scenario(f"latency-{mode}", **how)
+        before = cluster.raw_metrics()
+        manifest = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "scaled", "namespace": namespace},
+            "spec": {
+                "replicas": REPLICAS,
+                "selector": {"matchLabels": {"app": "scaled"}},
+                "template": {"metadata": {"labels": {"app": "scaled"}}, "spec": template},
+            },
+        }
+        started = time.monotonic()
+        cluster.apply([manifest])
+        pods = cluster.wait_pods(namespace, REPLICAS, "app=scaled")
+        seconds = time.monotonic() - started
+        after = cluster.raw_metrics()
+        web = [e["name"] for e in env(pods[0], "web")]
+        worker = [e["name"] for e in env(pods[0], "worker")]
+        assert web == ["WEB_CONCURRENCY", "CPU_LIMIT", "PYTHON_CPU_COUNT"], mode
+        assert worker == ([] if mode == "native" else ["CELERY_WORKER_CONCURRENCY", "CPU_LIMIT", "PYTHON_CPU_COUNT"]), mode
+        request = {"verb": "POST", "resource": "pods", "subresource": ""}
+        post_after, post_before = buckets(after, REQUESTS, **request), buckets(before, REQUESTS, **request)
+        step = {"type": "admit", "operation": "CREATE"}
+        step_after, step_before = buckets(after, ADMIT_STEP, **step), buckets(before, ADMIT_STEP, **step)
+        ms = 1000
+        REPORT[f"latency {mode}: {REPLICAS} pods stored (s)"] = round(seconds, 1)
+        REPORT[f"latency {mode}: pod POST p50 / p99 (ms)"] = (
+            f"{quantile(post_after, post_before, 0.5) * ms:.1f} / {quantile(post_after, post_before, 0.99) * ms:.1f}"
+        )
+        REPORT[f"latency {mode}: mutating admission p50 / p99 (ms)"] = (
+            f"{quantile(step_after, step_before, 0.5) * ms:.1f} / {quantile(step_after, step_before, 0.99) * ms:.1f}"
+        )
+        cluster.kubectl("delete", "deployment", "scaled", "-n", namespace, "--wait=false")

@@ -117,23 +117,20 @@ def _base(word: str) -> str:
     return f"{word}.substring({word}.lastIndexOf('/') + 1)"
 
 
+OPERANDS = "variables.operands[i]"
+
+
 def _subcommand_test(names: tuple[str, ...], first: int) -> str:
     """`celery -A p worker`: one of the first three operands after the program is a subcommand."""
-    return (
-        f"a.filter(w, {ANY_OPERAND}).exists(k, w, k >= {first} && k <= {first + 2}"
-        f" && w in {str_list(names)})"
-    )
+    return f"{OPERANDS}.exists(k, w, k >= {first} && k <= {first + 2} && w in {str_list(names)})"
 
 
 def _launcher_test(entries: tuple[tuple[tuple[str, ...], Profile], ...], first: int) -> str:
     """The profile of the longest launcher subcommand the operands start with, else ''."""
     expr = "''"
     for words, profile in reversed(entries):  # longest first wins: build from the end
-        tests = [f"size(a.filter(w, {ANY_OPERAND})) > {first + len(words) - 1}"]
-        tests += [
-            f"a.filter(w, {ANY_OPERAND})[{first + n}] == {lit(word)}"
-            for n, word in enumerate(words)
-        ]
+        tests = [f"size({OPERANDS}) > {first + len(words) - 1}"]
+        tests += [f"{OPERANDS}[{first + n}] == {lit(word)}" for n, word in enumerate(words)]
         expr = f"({' && '.join(tests)} ? {lit(profile.name)} : {expr})"
     return expr
 
@@ -141,7 +138,7 @@ def _launcher_test(entries: tuple[tuple[tuple[str, ...], Profile], ...], first: 
 def detected_expression(forms: Forms) -> str:
     """Per container (its command after the wrapper, `a`): the profile name CEL reads, or ''."""
     plain = {n: p.name for n, p in forms.executables.items() if not p.subcommands}
-    program = _base("a[0]")
+    program = "variables.program[i]"
     exe = f"{str_map(plain)}[?{program}].orValue('')"
     for name, p in forms.executables.items():
         if p.subcommands:
@@ -167,7 +164,7 @@ def detected_expression(forms: Forms) -> str:
         f"(a[2] in {str_list(forms.modules)} ? {module} : {launched_module}) : '')"
     )
     return (
-        f"variables.command.map(a, size(a) == 0 ? '' : "
+        f"variables.command.transformList(i, a, size(a) == 0 ? '' : "
         f"({exe} != '' ? {exe} : ({launched} != '' ? {launched} : {python})))"
     )
 
@@ -260,6 +257,8 @@ def variables(options: Options, *, disabled: Iterable[str] = ()) -> list[tuple[s
             "variables.argv.transformList(i, a, "
             "a.transformList(j, w, j >= variables.offset[i], w))",
         ),
+        ("program", f"variables.command.map(a, size(a) == 0 ? '' : {_base('a[0]')})"),
+        ("operands", f"variables.command.map(a, a.filter(w, {ANY_OPERAND}))"),
         ("detected", detected_expression(forms)),
         (
             "runtime",

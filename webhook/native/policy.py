@@ -1,12 +1,12 @@
 """The native-mode objects: a MutatingAdmissionPolicy, a ValidatingAdmissionPolicy for warnings,
 and their bindings, generated from the active profiles and settings. Pure.
 
-The mutations are JSON Patches, one per variable, in the webhook's order (the worker variable,
-CPU_LIMIT, PYTHON_CPU_COUNT), because each mutation sees the pod as the one before left it: a
-container whose `env` is absent or empty gets `add .../env` with a one-item list, any other
-`add .../env/-`. A variable the container already has is never touched, so a second pass
-changes nothing (reinvocation). CPU_LIMIT is a downward-API `resourceFieldRef`, an atomic
-struct that an apply configuration may not set: JSON Patch it is.
+The mutation is one JSON Patch that appends in the webhook's order (the worker variable,
+CPU_LIMIT, PYTHON_CPU_COUNT); a container without `env` first gets an empty one in the same
+patch (between two mutations an empty list would be dropped). A variable the container
+already has is never touched, so a second pass changes nothing (reinvocation). CPU_LIMIT is a
+downward-API `resourceFieldRef`, an atomic struct that an apply configuration may not set:
+JSON Patch it is.
 """
 
 from __future__ import annotations
@@ -24,12 +24,7 @@ WARNINGS_NAME = NAME + "-warnings"
 LOWEST_MINOR = 34  # MutatingAdmissionPolicy v1beta1 (feature gate MutatingAdmissionPolicy)
 GA_MINOR = 36  # admissionregistration.k8s.io/v1
 ALWAYS_EXCLUDED = ("kube-system", "kube-node-lease")
-# The webhook's own work caps (webhook/admission/caps.py): past them it leaves a pod alone.
-ENV_OP = (
-    "has(c.env) && size(c.env) > 0 ? "
-    "JSONPatch{{op: 'add', path: '/spec/containers/' + string(i) + '/env/-', value: {entry}}} : "
-    "JSONPatch{{op: 'add', path: '/spec/containers/' + string(i) + '/env', value: [{entry}]}}"
-)
+APPEND = "JSONPatch{{op: 'add', path: '/spec/containers/' + string(i) + '/env/-', value: {entry}}}"
 
 
 class PolicyError(ValueError):
@@ -122,7 +117,13 @@ def _per_container(condition: str, op: str) -> str:
 
 
 def mutations(options: Options) -> list[Obj]:
-    """JSON Patches in the webhook's order: resizePolicy, worker variable(s), facts, marker."""
+    """One JSON Patch, in the webhook's order: resizePolicy, worker variable(s), facts, marker.
+
+    One mutation, not one per variable: the policy's variables are evaluated once per
+    mutation, and they are most of its cost. A container without `env` first gets an empty
+    one (an op of the same patch, so it is not dropped as empty between mutations), then
+    every variable is appended.
+    """
     slots = max((len(p.env) for p in options.profiles.profiles.values()), default=1)
     set_here = "variables.decided[i] && variables.millis[i] > 0"
     resize_entry = "{'resourceName': 'cpu', 'restartPolicy': 'RestartContainer'}"
@@ -136,25 +137,30 @@ def mutations(options: Options) -> list[Obj]:
         "JSONPatch{op: 'add', path: '/spec/containers/' + string(i) + '/resizePolicy', "
         f"value: [{resize_entry}]}}",
     )
-    expressions = [resize]
+    parts = [
+        resize,
+        _per_container(
+            f"{set_here} && !(has(c.env) && size(c.env) > 0)",
+            "JSONPatch{op: 'add', path: '/spec/containers/' + string(i) + '/env', value: []}",
+        ),
+    ]
     for slot in range(max(slots, 1)):
         name = f"variables.wanted[i][{slot}]"
-        expressions.append(
+        parts.append(
             _per_container(
                 f"size(variables.wanted[i]) > {slot} && {_lacks(name)}",
-                ENV_OP.format(entry=_entry(name, "string(variables.workers[i])")),
+                APPEND.format(entry=_entry(name, "string(variables.workers[i])")),
             )
         )
-    expressions.append(
+    parts.append(
         _per_container(
-            f"{set_here} && {_lacks(cel.lit(keys.CPU_LIMIT))}",
-            ENV_OP.format(entry=CPU_LIMIT_ENTRY),
+            f"{set_here} && {_lacks(cel.lit(keys.CPU_LIMIT))}", APPEND.format(entry=CPU_LIMIT_ENTRY)
         )
     )
-    expressions.append(
+    parts.append(
         _per_container(
             f"variables.pythonCpuCount && {set_here} && {_lacks(cel.lit(keys.PYTHON_CPU_COUNT))}",
-            ENV_OP.format(
+            APPEND.format(
                 entry=_entry(
                     cel.lit(keys.PYTHON_CPU_COUNT), "string([1, variables.millis[i] / 1000].max())"
                 )
@@ -162,16 +168,16 @@ def mutations(options: Options) -> list[Obj]:
         )
     )
     marker = cel.lit(cel.MARKER)
-    expressions.append(
-        "size(variables.decidedNames) == 0 ? [] : !has(object.metadata.annotations) ? "
+    parts.append(
+        "(size(variables.decidedNames) == 0 ? [] : !has(object.metadata.annotations) ? "
         f"[JSONPatch{{op: 'add', path: '/metadata/annotations', "
         f"value: {{{marker}: variables.decidedNames.join(',')}}}}] : "
         f"object.metadata.annotations[?{marker}].orValue('') == "
         "variables.decidedNames.join(',') ? [] : "
         f"[JSONPatch{{op: 'add', path: '/metadata/annotations/' + jsonpatch.escapeKey({marker}), "
-        "value: variables.decidedNames.join(',')}]"
+        "value: variables.decidedNames.join(',')}])"
     )
-    return [{"patchType": "JSONPatch", "jsonPatch": {"expression": e}} for e in expressions]
+    return [{"patchType": "JSONPatch", "jsonPatch": {"expression": " +\n".join(parts)}}]
 
 
 def validations(options: Options) -> list[Obj]:
