@@ -172,6 +172,41 @@ def test_native_equals_webhook_where_cel_decides(
     assert counts["left to the webhook, env set by it"] > 50
 
 
+def test_a_second_binding_changes_nothing(
+    cluster: Cluster, scenario: Callable[..., str], chart_policies: dict[str, list[Doc]]
+) -> None:
+    """Each binding invokes the policy's mutations again on the pod the first left: a second
+    pass must store exactly what one pass stores (what reinvocation relies on)."""
+    policies = chart_policies["native"]
+    binding = copy.deepcopy(next(d for d in policies if d["kind"] == "MutatingAdmissionPolicyBinding"))
+    binding["metadata"]["name"] += "-again"
+    once = scenario("once", policies=policies, webhook=False)
+    twice = scenario("twice", policies=[*policies, binding], webhook=False)
+    corpus = native_corpus(SEED + 1, 80)
+    changed = 0
+    for pod in corpus:
+        first, second = server_dry_run(cluster, once, pod), server_dry_run(cluster, twice, pod)
+        assert ours(second) == ours(first), pod["metadata"]["name"]
+        changed += ours(first) != ours(server_dry_run(cluster, scenario_free(cluster), pod))
+    assert changed > 20
+
+
+def ours(pod: Doc) -> tuple[Any, ...]:
+    """What the policy may write: annotations, and each container's env and resizePolicy."""
+    containers = [(c["name"], c.get("env"), c.get("resizePolicy")) for c in pod["spec"]["containers"]]
+    return pod["metadata"].get("annotations"), containers
+
+
+_FREE: list[str] = []
+
+
+def scenario_free(cluster: Cluster) -> str:
+    """A namespace no policy or webhook selects (what the API server stores untouched)."""
+    if not _FREE:
+        _FREE.append(cluster.namespace(prefix="untouched"))
+    return _FREE[0]
+
+
 def test_a_pod_of_100_containers_stays_within_the_cost_limit(
     cluster: Cluster, scenario: Callable[..., str], chart_policies: dict[str, list[Doc]]
 ) -> None:
