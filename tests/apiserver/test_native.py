@@ -21,6 +21,8 @@ from tests.apiserver.webhooks import Serve, chart_env
 from tests.podgen import native_corpus
 from webhook.config import Settings
 from webhook.core.keys import NATIVE, STATUS
+from webhook.core.options import Options
+from webhook.core.profiles import active
 from webhook.native.classify import decided
 from webhook.native.policy import KubeVersion, objects
 
@@ -170,6 +172,46 @@ def test_native_equals_webhook_where_cel_decides(
     REPORT["native: dry-run creation of the corpus (s)"] = ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
     assert counts["decided by CEL, env set"] > 100
     assert counts["left to the webhook, env set by it"] > 50
+
+
+OTHER_SETTINGS = (
+    "server.workersPerCpu=2",  # with 250m and 2.25 cores: 0.5 and 4.5, rounded half up
+    "server.minWorkers=2",
+    "server.maxWorkers=6",
+    "server.rounding=round",
+    "server.resizeRestart=true",
+    "server.pythonCpuCount=false",
+    "server.memoryPerWorker=256Mi",
+    "profiles.disabled={celery}",
+)
+
+
+def test_native_equals_webhook_with_other_settings(
+    cluster: Cluster, release: Release, webhook: Serve, scenario: Callable[..., str], side_webhook: Any
+) -> None:
+    """The chart's other worker settings reach the policy as they reach the webhook: rounding,
+    clamps, the memory guard, resizePolicy, no PYTHON_CPU_COUNT, a disabled profile."""
+    side = side_webhook("settings", *OTHER_SETTINGS)
+    docs = release.render("mode=hybrid", *OTHER_SETTINGS)
+    settings = Settings.from_env({k: v for k, v in chart_env(docs, release.namespace).items() if k.startswith("CONCURRENCY_INJECTOR_")})
+    native_ns = scenario("native-settings", policies=[d for d in docs if d["kind"] in POLICY_KINDS], webhook=False)
+    options = Options.of(settings, active(settings.extra_profiles))
+    decided_count = differs = 0
+    for pod in native_corpus(SEED + 2, 150):
+        native, by_webhook = server_dry_run(cluster, native_ns, pod), server_dry_run(cluster, side.namespace, pod)
+        expected = decided(pod, options, disabled=settings.disabled_profiles)
+        assert (native["metadata"].get("annotations") or {}).get(NATIVE, "") == ",".join(expected)
+        for c in pod["spec"]["containers"]:
+            mine = next(x for x in native["spec"]["containers"] if x["name"] == c["name"])
+            theirs = next(x for x in by_webhook["spec"]["containers"] if x["name"] == c["name"])
+            if c["name"] in expected:
+                decided_count += 1
+                assert (mine.get("env"), mine.get("resizePolicy")) == (theirs.get("env"), theirs.get("resizePolicy")), c
+                differs += mine.get("env") != c.get("env")
+            else:
+                assert mine.get("env") == c.get("env"), c
+    REPORT["native: other settings (decided, env set)"] = f"{decided_count}, {differs}"
+    assert differs > 40
 
 
 def test_a_second_binding_changes_nothing(
