@@ -125,8 +125,34 @@ def test_exec_form_and_is_an_argument_and_explain_says_so() -> None:
                 "matches no profile by name",
             },
         ),
+        (
+            {"concurrency-injector.io/native": "web"},
+            [],
+            {
+                "web": "decided by the native admission policy (annotation "
+                "concurrency-injector.io/native)",
+                "side": "its image's metadata was not read; the image 'envoyproxy/envoy:v1' "
+                "matches no profile by name",
+            },
+        ),
+        (
+            {"concurrency-injector.io/native": "web", "concurrency-injector.io/runtime": "python"},
+            [],
+            {
+                "web": "decided by the native admission policy (annotation "
+                "concurrency-injector.io/native)",
+                "side": "concurrency-injector.io/runtime applies to the default container 'web' only",
+            },
+        ),
     ],
-    ids=["opted-out", "listed", "runtime-annotation", "init-and-detection"],
+    ids=[
+        "opted-out",
+        "listed",
+        "runtime-annotation",
+        "init-and-detection",
+        "native",
+        "native-runtime-annotation",
+    ],
 )
 def test_every_rule_gives_non_targets_a_reason(
     annotations: dict[str, str], init: list[dict[str, Any]], expected: dict[str, str]

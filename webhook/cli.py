@@ -19,6 +19,7 @@ from webhook.admission.review import ReviewError, pod_create_review
 from webhook.config import ConfigError, Settings, env_name
 from webhook.core.patch import prefixed
 from webhook.core.types import Obj
+from webhook.native import command as native_command
 from webhook.serving import server
 from webhook.survey import command as survey_command
 from webhook.workloads import DocumentConfigMaps, InputError, namespace_of, pod_slots
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_flags(mutate)
     survey_command.add_parsers(commands, _registry_flags)
     selftest.add_parser(commands)
+    native_command.add_parser(commands)
     return parser
 
 
@@ -134,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return server.serve(settings)
     if args.command in ("explain", "survey"):
         return survey_command.run(args, settings)
+    if args.command == "policy":
+        return native_command.run(args, settings)
     return run_mutate(args.filename, args.output, settings)
 
 

@@ -293,6 +293,12 @@ cmd_start() {
         --initial-cluster "default=http://127.0.0.1:$peer_port" \
         --unsafe-no-fsync --log-level warn
 
+    # MutatingAdmissionPolicy (native mode) is beta before 1.36: its gate and API turned on.
+    local gates=()
+    case "$version" in
+        1.34.*|1.35.*) gates=(--feature-gates=MutatingAdmissionPolicy=true
+            --runtime-config=admissionregistration.k8s.io/v1beta1=true) ;;
+    esac
     if [ -n "${KUBE_AUDIT_POLICY:-}" ]; then
         audit=(--audit-policy-file="$KUBE_AUDIT_POLICY" --audit-log-path="$dir/audit.log"
             --audit-log-format=json --audit-log-mode=blocking)
@@ -309,7 +315,7 @@ cmd_start() {
         --service-cluster-ip-range=10.0.0.0/24 \
         --enable-aggregator-routing=true \
         --allow-privileged=true --profiling=false \
-        "${audit[@]}"
+        "${gates[@]}" "${audit[@]}"
     wait_ready "$dir" kube-apiserver "$server/readyz" 240
 
     launch "$dir" kube-controller-manager "$bin/kube-controller-manager" \

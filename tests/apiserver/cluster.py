@@ -192,6 +192,29 @@ def total(text: str, name: str, /, **labels: str) -> float:
     return sum(v for _, v in samples(text, name, **labels))
 
 
+def buckets(text: str, name: str, /, **labels: str) -> dict[float, float]:
+    found: dict[float, float] = {}
+    for have, value in samples(text, f"{name}_bucket", **labels):
+        le = float("inf") if have["le"] == "+Inf" else float(have["le"])
+        found[le] = found.get(le, 0.0) + value
+    return found
+
+
+def quantile(after: dict[float, float], before: dict[float, float], q: float) -> float:
+    """histogram_quantile over the observations made between two scrapes (linear in a bucket)."""
+    counts = {le: after[le] - before.get(le, 0.0) for le in after}
+    bounds = sorted(counts)
+    rank = q * counts[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for le in bounds:
+        if counts[le] >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * (rank - below) / max(counts[le] - below, 1e-12)
+        lower, below = le, counts[le]
+    return lower
+
+
 # --- TLS to a webhook ---------------------------------------------------------------------
 
 

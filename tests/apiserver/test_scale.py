@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.apiserver.cluster import Cluster, env_value, samples, status
+from tests.apiserver.cluster import Cluster, buckets, env_value, quantile, status
 from tests.apiserver.conftest import REPORT, Release
 from tests.apiserver.scenarios import container, deployment
 from tests.apiserver.webhooks import Serve
@@ -16,29 +16,6 @@ pytestmark = pytest.mark.apiserver
 
 OURS = "concurrency_injector_request_duration_seconds"
 API_SERVER = "apiserver_admission_webhook_admission_duration_seconds"
-
-
-def buckets(text: str, name: str, /, **labels: str) -> dict[float, float]:
-    found: dict[float, float] = {}
-    for have, value in samples(text, f"{name}_bucket", **labels):
-        le = float("inf") if have["le"] == "+Inf" else float(have["le"])
-        found[le] = found.get(le, 0.0) + value
-    return found
-
-
-def quantile(after: dict[float, float], before: dict[float, float], q: float) -> float:
-    """histogram_quantile over the observations made between two scrapes (linear in a bucket)."""
-    counts = {le: after[le] - before.get(le, 0.0) for le in after}
-    bounds = sorted(counts)
-    rank = q * counts[bounds[-1]]
-    lower, below = 0.0, 0.0
-    for le in bounds:
-        if counts[le] >= rank:
-            if le == float("inf"):
-                return lower
-            return lower + (le - lower) * (rank - below) / max(counts[le] - below, 1e-12)
-        lower, below = le, counts[le]
-    return lower
 
 
 def test_every_pod_of_a_scaled_deployment_is_patched(

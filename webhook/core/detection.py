@@ -152,14 +152,27 @@ def images_to_resolve(pod: Obj, profiles: ProfileSet) -> list[str]:
     ):
         return []
     wanted: list[str] = []
+    decided_natively = native(annotations)
     for container, init in containers_of(pod):
         if init or container.get("command") or not isinstance(container.get("image"), str):
+            continue
+        if container.get("name") in decided_natively:
             continue
         if container.get("args") and find_server(list(container["args"]), profiles) is not None:
             continue
         if container["image"] not in wanted:
             wanted.append(container["image"])
     return wanted
+
+
+def native(annotations: Mapping[str, Any]) -> frozenset[str]:
+    """The containers the native policy decided (its annotation): the webhook leaves them.
+
+    Under the chart's hybrid mode the policy runs first (the API server calls admission
+    policies before webhooks), so a container is decided by exactly one of the two.
+    """
+    value = annotations.get(keys.NATIVE)
+    return frozenset(value.split(",")) if isinstance(value, str) and value else frozenset()
 
 
 def opted_out(annotations: Mapping[str, Any]) -> bool:
@@ -197,15 +210,19 @@ def select(pod: Obj, images: Mapping[str, ImageConfig], profiles: ProfileSet) ->
         targets = _listed(pod, str(listed), runtime, images, profiles, warnings)
         reason = f"not named in the pod's annotation {keys.CONTAINERS}"
         return Selection(targets, _others(pod, {t.name for t in targets}, reason), warnings)
+    decided_natively = native(annotations)
     if runtime is not None:
         container, more = default_container(pod, annotations)
         warnings += more
         if container is None:
             return Selection([], [], warnings)
-        command = [*(container.get("command") or []), *(container.get("args") or [])]
-        server = find_server(command, profiles)
         name = str(container.get("name"))
         reason = f"{keys.RUNTIME} applies to the default container {name!r} only"
+        if name in decided_natively:
+            others = _others(pod, {name}, reason)
+            return Selection([], [*others, NotTarget(name, False, NATIVE_REASON)], warnings)
+        command = [*(container.get("command") or []), *(container.get("args") or [])]
+        server = find_server(command, profiles)
         targets = [Target(name, False, runtime, "annotation", server)]
         return Selection(targets, _others(pod, {name}, reason), warnings)
 
@@ -215,6 +232,9 @@ def select(pod: Obj, images: Mapping[str, ImageConfig], profiles: ProfileSet) ->
         name = str(container.get("name"))
         if init:
             others.append(NotTarget(name, True, INIT_REASON))
+            continue
+        if name in decided_natively:
+            others.append(NotTarget(name, False, NATIVE_REASON))
             continue
         image = images.get(container.get("image", ""))
         found = detect(container, image, profiles)
@@ -232,6 +252,7 @@ def select(pod: Obj, images: Mapping[str, ImageConfig], profiles: ProfileSet) ->
 
 
 INIT_REASON = f"an init container: a target only when named in {keys.CONTAINERS}"
+NATIVE_REASON = f"decided by the native admission policy (annotation {keys.NATIVE})"
 
 
 def _others(pod: Obj, chosen: set[str], reason: str) -> list[NotTarget]:

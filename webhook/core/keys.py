@@ -16,6 +16,8 @@ OVERRIDE: Final = PREFIX + "override"
 MODE: Final = PREFIX + "mode"
 MULTI_WORKER: Final = PREFIX + "multi-worker"
 STATUS: Final = PREFIX + "status"
+# Written by the native policy: the containers it decided (webhook/native/cel.py).
+NATIVE: Final = PREFIX + "native"
 
 DEFAULT_CONTAINER: Final = "kubectl.kubernetes.io/default-container"
 

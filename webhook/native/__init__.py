@@ -1,0 +1,1 @@
+"""Native mode: the profiles as admission policies evaluated inside kube-apiserver (CEL)."""
