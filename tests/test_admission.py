@@ -180,3 +180,17 @@ def test_audit_annotation_names_each_runtimes_own_worker_count() -> None:
     )
     resp = mutate_review(review(p), Settings())["response"]
     assert resp["auditAnnotations"] == {"injected-web": "3", "injected-jobs": "2", "injected-asgi": "none"}
+
+
+@pytest.mark.parametrize(
+    "cpu", ["abc", [1], True, {"a": 1}, "1e100000", "NaN"],
+    ids=["text", "list", "bool", "object", "huge", "nan"],
+)
+def test_any_invalid_cpu_limit_is_allowed_with_the_same_warning(cpu: object) -> None:
+    """One rule whatever the type of the wrong value: the server never blocks a pod (no 400),
+    skips that container and says so."""
+    resp = response_of(review(pod(gunicorn(cpu=cpu), container("side", cpu=cpu))))  # type: ignore[arg-type]
+    assert resp["allowed"] is True
+    assert resp["warnings"] == ["container 'web' has an invalid CPU limit; nothing injected"]
+    ops = orjson.loads(base64.b64decode(resp["patch"]))
+    assert [o["path"] for o in ops] == ["/metadata/annotations"]  # the status: nothing set

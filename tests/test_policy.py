@@ -5,10 +5,13 @@ from decimal import Decimal
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
-from tests.podgen import container, gunicorn, pod
+from tests.podgen import container, gunicorn, pod, review
+from webhook.admission.handler import AdmissionHandler
 from webhook.config import Settings
 from webhook.core.commands import ServerCommand
+from webhook.core.decision import decide
 from webhook.core.flags import FlagReader, flag_warnings
 from webhook.core.workers import (
     CpuLimit,
@@ -278,3 +281,37 @@ def test_the_compiled_reader_reads_each_flag_as_the_reference(
 ) -> None:
     found = FlagReader(flags).read(args)
     assert {f: v for f in flags if (v := option(args, f)) is not None} == found
+
+
+@pytest.mark.parametrize(
+    ("cpu", "annotations", "warning"),
+    [
+        ("1e9", {}, "container 'web': WEB_CONCURRENCY 1000000000 for 1000000000 CPU capped to 4096 "
+                    "(the bound)"),
+        ("8", {"concurrency-injector.io/max-workers": "4"},
+         "container 'web': WEB_CONCURRENCY 8 for 8 CPU capped to 4 (max-workers)"),
+        ("8", {"concurrency-injector.io/max-workers": "4",
+               "concurrency-injector.io/memory-per-worker": "1Gi"},
+         "container 'web': WEB_CONCURRENCY 8 for 8 CPU capped to 4 (max-workers)"),
+        ("4", {"concurrency-injector.io/max-workers": "4"}, None),
+        ("2", {"concurrency-injector.io/min-workers": "3"}, None),
+    ],
+    ids=["bound", "max-workers", "max-and-memory", "at-the-cap", "raised-by-min"],
+)
+def test_a_cap_that_changes_the_count_is_warned(
+    cpu: str, annotations: dict[str, str], warning: str | None
+) -> None:
+    p = pod(gunicorn(cpu=cpu, memory="2Gi"), annotations=annotations)
+    decision = decide(p, Settings().options)
+    capped = [w for w in decision.warnings if "capped to" in w]
+    assert capped == ([warning] if warning else [])
+    assert all(len(w) <= 120 for w in decision.warnings)
+
+
+def test_cap_warnings_are_counted_like_every_warning() -> None:
+    handler = AdmissionHandler(Settings(), record=True)
+    before = REGISTRY.get_sample_value("concurrency_injector_warnings_total") or 0
+    answer = handler.handle_now(review(pod(gunicorn(cpu="1e9"))))
+    assert answer.warnings == [
+        "container 'web': WEB_CONCURRENCY 1000000000 for 1000000000 CPU capped to 4096 (the bound)"]
+    assert REGISTRY.get_sample_value("concurrency_injector_warnings_total") == before + 1

@@ -35,6 +35,7 @@ from webhook.core.profiles import GENERIC_PROFILE, Profile
 from webhook.core.types import ImageConfig, Obj
 from webhook.core.workers import (
     CpuLimit,
+    InvalidValue,
     WorkerPolicy,
     cpu_limit,
     cpu_text,
@@ -64,6 +65,8 @@ class ContainerResult:
     workers: str | None = None  # "none": the runtime reads no worker variable
     # The wanted names an unread envFrom source may set, with the sources (for the warning).
     unread_names: Mapping[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
+    # Skipped over a value the API server itself would refuse (`cpu: abc`): `mutate` exits 2.
+    invalid: bool = field(default=False, compare=False)
 
     @property
     def worker_count(self) -> str:
@@ -99,6 +102,11 @@ class Decision:
     @property
     def injected(self) -> list[ContainerResult]:
         return [c for c in self.containers if c.set]
+
+    @property
+    def invalid(self) -> bool:
+        """Whether a target held a value the API server would refuse (warned, never blocked)."""
+        return any(c.invalid for c in self.containers)
 
     # Cached: a decision may answer many identical reviews (see webhook/admission/cache.py).
     @cached_property
@@ -225,6 +233,7 @@ class Wanted:
     cpu: CpuLimit | None = None
     skipped: str | None = None  # why it gets nothing
     warnings: tuple[str, ...] = ()
+    invalid: bool = False  # skipped over a value the API server would refuse
 
 
 def _locate(pod: Obj) -> dict[str, tuple[Path, Obj]]:
@@ -284,10 +293,16 @@ def _wanted(
         )
     cpu, why = cpu_limit(pod, container)
     if cpu is None:
-        return Wanted({}, skipped=why, warnings=(why or "",))
+        invalid = isinstance(why, InvalidValue)
+        return Wanted({}, skipped=why, warnings=(why or "",), invalid=invalid)
     warnings = []
     workers = worker_count(cpu.value, policy, memory=memory_limit(container))
     count = workers.count
+    if profile.env and workers.capped_from is not None:
+        warnings.append(
+            f"container {target.name!r}: {profile.env[0]} {workers.capped_from} for "
+            f"{cpu_text(cpu.value)} CPU capped to {workers.cap}"
+        )
     if profile.env and workers.memory_cap is not None:
         warnings.append(
             f"container {target.name!r}: memory limit caps {profile.env[0]} at {count}"
@@ -322,7 +337,13 @@ def _apply(
     """Reconcile the target's env (and resizePolicy) with what it should get."""
     if wanted.cpu is None:
         remove_own(edit.env, target.name, ctx)
-        return ContainerResult(target.name, target.runtime, target.source, skipped=wanted.skipped)
+        return ContainerResult(
+            target.name,
+            target.runtime,
+            target.source,
+            skipped=wanted.skipped,
+            invalid=wanted.invalid,
+        )
     worker_names = frozenset(profile.env)
     done = reconcile(container, edit.env, wanted.values, worker_names=worker_names, ctx=ctx)
     if options.resize_restart and not target.init and worker_names & set(done.applied):
