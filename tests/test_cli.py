@@ -351,9 +351,10 @@ def test_streamed_output_is_the_whole_list_format(tmp_path: Path, output: str, c
     source.write_text(yaml.safe_dump_all(STREAM[:count]))
     out, err = io.StringIO(), io.StringIO()
     assert run_mutate(str(source), output, Settings(no_registry=True), stdout=out, stderr=err) == 0
-    patches = [decide(d, Settings().options).patch if d.get("kind") == "Pod" else [] for d in STREAM]
-    results = [(jsonpatch.apply_patch(d, p) if p else d, p) for d, p in zip(STREAM, patches, strict=True)]
-    assert out.getvalue() == whole_output(results[:count], output)
+    read = list(yaml.safe_load_all(source.read_text()))  # in the file's order of keys
+    patches = [decide(d, Settings().options).patch if d.get("kind") == "Pod" else [] for d in read]
+    results = [(jsonpatch.apply_patch(d, p) if p else d, p) for d, p in zip(read, patches, strict=True)]
+    assert out.getvalue() == whole_output(results, output)
 
 
 def test_documents_are_built_one_at_a_time() -> None:

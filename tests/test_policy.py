@@ -315,3 +315,15 @@ def test_cap_warnings_are_counted_like_every_warning() -> None:
     assert answer.warnings == [
         "container 'web': WEB_CONCURRENCY 1000000000 for 1000000000 CPU capped to 4096 (the bound)"]
     assert REGISTRY.get_sample_value("concurrency_injector_warnings_total") == before + 1
+
+
+@pytest.mark.parametrize("memory", ["lots", [1], True], ids=["text", "list", "bool"])
+def test_an_invalid_memory_limit_is_warned_where_the_memory_guard_reads_it(memory: object) -> None:
+    guard = {"concurrency-injector.io/memory-per-worker": "200Mi"}
+    read = decide(pod(gunicorn(cpu="2", memory=memory), annotations=guard), Settings().options)
+    assert "container 'web' has an invalid memory limit; memory guard not applied" in read.warnings
+    assert read.invalid
+    assert read.containers[0].set["WEB_CONCURRENCY"] == "2"
+    unread = decide(pod(gunicorn(cpu="2", memory=memory)), Settings().options)
+    assert not unread.invalid
+    assert not any("memory" in w for w in unread.warnings)

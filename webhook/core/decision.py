@@ -39,6 +39,7 @@ from webhook.core.workers import (
     WorkerPolicy,
     cpu_limit,
     cpu_text,
+    has_memory_limit,
     memory_limit,
     pod_policy,
     python_cpu_count,
@@ -296,7 +297,15 @@ def _wanted(
         invalid = isinstance(why, InvalidValue)
         return Wanted({}, skipped=why, warnings=(why or "",), invalid=invalid)
     warnings = []
-    workers = worker_count(cpu.value, policy, memory=memory_limit(container))
+    memory = memory_limit(container)
+    invalid = (
+        memory is None and has_memory_limit(container) and policy.memory_per_worker is not None
+    )
+    if invalid and profile.env:  # the guard reads the limit: the same rule as for cpu
+        warnings.append(
+            f"container {target.name!r} has an invalid memory limit; memory guard not applied"
+        )
+    workers = worker_count(cpu.value, policy, memory=memory)
     count = workers.count
     if profile.env and workers.capped_from is not None:
         warnings.append(
@@ -321,7 +330,7 @@ def _wanted(
         values[keys.CPU_LIMIT] = CPU_LIMIT_MARK
     if options.python_cpu_count:
         values[keys.PYTHON_CPU_COUNT] = str(python_cpu_count(cpu.value))
-    return Wanted(values, cpu, warnings=tuple(warnings))
+    return Wanted(values, cpu, warnings=tuple(warnings), invalid=invalid and bool(profile.env))
 
 
 def _apply(
@@ -359,6 +368,7 @@ def _apply(
         unread=tuple(dict.fromkeys(s for sources in done.unread.values() for s in sources)),
         workers=None if profile.env else "none",
         unread_names=done.unread,
+        invalid=wanted.invalid,
     )
 
 

@@ -156,6 +156,10 @@ def _long_running(spec: Obj) -> list[Obj]:
     return [*sidecars, *(spec.get("containers") or [])]
 
 
+def has_memory_limit(container: Obj) -> bool:
+    return _limits(container).get("memory") is not None
+
+
 def memory_limit(container: Obj) -> Decimal | None:
     raw = _limits(container).get("memory")
     if raw is None:
