@@ -194,3 +194,14 @@ def test_any_invalid_cpu_limit_is_allowed_with_the_same_warning(cpu: object) -> 
     assert resp["warnings"] == ["container 'web' has an invalid CPU limit; nothing injected"]
     ops = orjson.loads(base64.b64decode(resp["patch"]))
     assert [o["path"] for o in ops] == ["/metadata/annotations"]  # the status: nothing set
+
+
+def test_a_deeply_nested_cpu_limit_is_invalid_not_an_internal_error() -> None:
+    """The endpoint takes JSON 1,024 levels deep; such a value is never even printed."""
+    value: Any = "1"
+    for _ in range(990):
+        value = {"a": value}
+    body = review(pod(gunicorn(cpu="2")))
+    body["request"]["object"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = value
+    resp = mutate_review(body, Settings())["response"]
+    assert resp["warnings"] == ["container 'web' has an invalid CPU limit; nothing injected"]

@@ -50,8 +50,8 @@ def quantity(value: Any) -> Decimal:
     API server refuses them, and a value past what it stores (`1e100000`) would only overflow
     the arithmetic that follows.
     """
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a quantity")
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise ValueError(f"a {type(value).__name__} is not a quantity")  # nor is its repr
     parsed = _text_quantity(value) if type(value) is str else parse_quantity(value)
     if not parsed.is_finite() or abs(parsed) > MAX_QUANTITY:
         raise ValueError(f"{value!r} is not a finite quantity of at most {MAX_QUANTITY}")
