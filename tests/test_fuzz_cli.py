@@ -57,7 +57,8 @@ odd_values = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
     st.text(max_size=10),
     st.sampled_from(["abc", "1e9", "1e100000", "NaN", "-1", "1Qi", "100m", "", "\x00\u202e",
-                     b"\x00\xff", dt.date(2024, 1, 1), frozenset({"x"})]),
+                     b"\x00\xff", dt.date(2024, 1, 1)]),
+    st.just(0).map(lambda _: {"x"}),  # YAML !!set: a set, which JSON cannot hold
     st.sampled_from([[], {}, [1, None], {"name": 5}, {1: "x"}, [[[]]]]).map(copy.deepcopy),
     st.integers(5, 260).map(deep),
 )
