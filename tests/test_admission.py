@@ -239,3 +239,28 @@ def test_log_line_and_metrics_say_what_the_answer_does(
         assert skips(skip) == before[0] + 1
     if reason is not None:
         assert skips(reason) == before[1] + 1
+
+
+@pytest.mark.parametrize(
+    "cpu", ["abc", [1], True, {"a": 1}, "1e100000", "NaN"],
+    ids=["text", "list", "bool", "object", "huge", "nan"],
+)
+def test_any_invalid_cpu_limit_is_allowed_with_the_same_warning(cpu: object) -> None:
+    """One rule whatever the type of the wrong value: the server never blocks a pod (no 400),
+    skips that container and says so."""
+    resp = response_of(review(pod(gunicorn(cpu=cpu), container("side", cpu=cpu))))  # type: ignore[arg-type]
+    assert resp["allowed"] is True
+    assert resp["warnings"] == ["container 'web' has an invalid CPU limit; nothing injected"]
+    ops = orjson.loads(base64.b64decode(resp["patch"]))
+    assert [o["path"] for o in ops] == ["/metadata/annotations"]  # the status: nothing set
+
+
+def test_a_deeply_nested_cpu_limit_is_invalid_not_an_internal_error() -> None:
+    """The endpoint takes JSON 1,024 levels deep; such a value is never even printed."""
+    value: Any = "1"
+    for _ in range(990):
+        value = {"a": value}
+    body = review(pod(gunicorn(cpu="2")))
+    body["request"]["object"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = value
+    resp = mutate_review(body, Settings())["response"]
+    assert resp["warnings"] == ["container 'web' has an invalid CPU limit; nothing injected"]

@@ -30,15 +30,15 @@ from tests.podgen import container, gunicorn, pod
 from tests.servers import Pki, WebhookServer, clean_env, cli_command
 from tests.strategies import crowded_pods, every_setting, pods
 from webhook.admission.review import pod_create_review
-from webhook.cli import run_mutate
 from webhook.config import Settings
+from webhook.exitcodes import EXIT_INPUT
+from webhook.mutate import run_mutate
 from webhook.serving.app import Webhook
-from webhook.workloads import pod_slots
+from webhook.workloads import object_name, pod_slots
 
 Obj = dict[str, Any]
 CORPUS = Path(__file__).resolve().parent / "corpus"
 CORPUS_FILES = sorted([*CORPUS.glob("manifests/*.yaml"), *CORPUS.glob("charts/*.yaml")])
-WARNING_PREFIX = "Warning: document 1: "
 CAPS = Settings()  # the server's default caps, which `mutate` applies too
 EXAMPLES = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -53,20 +53,26 @@ class Outcome:
 
 
 def by_cli(p: Obj, s: Settings) -> Outcome:
-    """`mutate -o json` on a file holding the pod: stdout is the pod, stderr the warnings."""
+    """`mutate -o json` on a file holding the pod: stdout is the pod, stderr the warnings.
+
+    Exit 2 (with the same output) only where a warning says a value is invalid.
+    """
     with tempfile.NamedTemporaryFile("wb", suffix=".json") as source:
         source.write(orjson.dumps(p))
         source.flush()
         out, err = io.StringIO(), io.StringIO()
-        assert run_mutate(source.name, "json", s, stdout=out, stderr=err) == 0, err.getvalue()
-    return _cli_outcome(p, out.getvalue(), err.getvalue())
+        code = run_mutate(source.name, "json", s, stdout=out, stderr=err)
+        outcome = _cli_outcome(p, out.getvalue(), err.getvalue(), source=source.name)
+    assert code == (EXIT_INPUT if any("invalid" in w for w in outcome.warnings) else 0), err
+    return outcome
 
 
-def _cli_outcome(p: Obj, stdout: str, stderr: str) -> Outcome:
+def _cli_outcome(p: Obj, stdout: str, stderr: str, *, source: str) -> Outcome:
+    prefix = f"Warning: {source}:1: Pod {object_name(p)}: "
     lines = stderr.splitlines()
-    assert all(line.startswith(WARNING_PREFIX) for line in lines), stderr
+    assert all(line.startswith(prefix) for line in lines), stderr
     result = orjson.loads(stdout)
-    return Outcome([line[len(WARNING_PREFIX) :] for line in lines], result, result != p)
+    return Outcome([line[len(prefix) :] for line in lines], result, result != p)
 
 
 def review_of(p: Obj) -> Obj:
@@ -245,7 +251,7 @@ def by_real_cli(p: Obj, tmp_path: Path) -> Outcome:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    return _cli_outcome(p, done.stdout, done.stderr)
+    return _cli_outcome(p, done.stdout, done.stderr, source=str(source))
 
 
 @pytest.mark.parametrize("name", list(REAL_PODS))

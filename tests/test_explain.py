@@ -214,7 +214,7 @@ def test_bad_input_exits_2_naming_the_object(tmp_path: Path) -> None:
     code, out, err = explain(source)
     assert code == 2
     assert out == ""
-    assert "Deployment has no spec.template" in err
+    assert "Deployment web has no spec.template" in err
 
 
 def test_lists_and_admission_reviews_are_explained_by_the_object_they_hold(tmp_path: Path) -> None:

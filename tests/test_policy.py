@@ -5,8 +5,10 @@ from decimal import Decimal
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
-from tests.podgen import container, gunicorn, pod
+from tests.podgen import container, gunicorn, pod, review
+from webhook.admission.handler import AdmissionHandler
 from webhook.config import Settings
 from webhook.core.commands import ServerCommand
 from webhook.core.decision import decide
@@ -332,3 +334,49 @@ def test_threads_are_recorded_in_the_status_not_warned() -> None:
     decision = decide(p, Settings().options)
     assert decision.warnings == []
     assert decision.status["web"]["threads"] == "8"
+
+
+@pytest.mark.parametrize(
+    ("cpu", "annotations", "warning"),
+    [
+        ("1e9", {}, "container 'web': WEB_CONCURRENCY 1000000000 for 1000000000 CPU capped to 4096 "
+                    "(the bound)"),
+        ("8", {"concurrency-injector.io/max-workers": "4"},
+         "container 'web': WEB_CONCURRENCY 8 for 8 CPU capped to 4 (max-workers)"),
+        ("8", {"concurrency-injector.io/max-workers": "4",
+               "concurrency-injector.io/memory-per-worker": "1Gi"},
+         "container 'web': WEB_CONCURRENCY 8 for 8 CPU capped to 4 (max-workers)"),
+        ("4", {"concurrency-injector.io/max-workers": "4"}, None),
+        ("2", {"concurrency-injector.io/min-workers": "3"}, None),
+    ],
+    ids=["bound", "max-workers", "max-and-memory", "at-the-cap", "raised-by-min"],
+)
+def test_a_cap_that_changes_the_count_is_warned(
+    cpu: str, annotations: dict[str, str], warning: str | None
+) -> None:
+    p = pod(gunicorn(cpu=cpu, memory="2Gi"), annotations=annotations)
+    decision = decide(p, Settings().options)
+    capped = [w for w in decision.warnings if "capped to" in w]
+    assert capped == ([warning] if warning else [])
+    assert all(len(w) <= 120 for w in decision.warnings)
+
+
+def test_cap_warnings_are_counted_like_every_warning() -> None:
+    handler = AdmissionHandler(Settings(), record=True)
+    before = REGISTRY.get_sample_value("concurrency_injector_warnings_total") or 0
+    answer = handler.handle_now(review(pod(gunicorn(cpu="1e9"))))
+    assert answer.warnings == [
+        "container 'web': WEB_CONCURRENCY 1000000000 for 1000000000 CPU capped to 4096 (the bound)"]
+    assert REGISTRY.get_sample_value("concurrency_injector_warnings_total") == before + 1
+
+
+@pytest.mark.parametrize("memory", ["lots", [1], True], ids=["text", "list", "bool"])
+def test_an_invalid_memory_limit_is_warned_where_the_memory_guard_reads_it(memory: object) -> None:
+    guard = {"concurrency-injector.io/memory-per-worker": "200Mi"}
+    read = decide(pod(gunicorn(cpu="2", memory=memory), annotations=guard), Settings().options)
+    assert "container 'web' has an invalid memory limit; memory guard not applied" in read.warnings
+    assert read.invalid
+    assert read.containers[0].set["WEB_CONCURRENCY"] == "2"
+    unread = decide(pod(gunicorn(cpu="2", memory=memory)), Settings().options)
+    assert not unread.invalid
+    assert not any("memory" in w for w in unread.warnings)

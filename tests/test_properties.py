@@ -24,11 +24,11 @@ from tests.strategies import (
     pods,
     server_settings,
 )
-from webhook.cli import mutate_documents
 from webhook.config import Settings
 from webhook.core.decision import decide
 from webhook.core.keys import STATUS
 from webhook.core.patch import prefixed
+from webhook.mutate import mutate_documents
 
 K8S_VERSION = "1.33"
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -226,7 +226,7 @@ def test_mutate_cli_patch_is_the_pods_patch(p: dict[str, Any], s: Settings) -> N
     s = dataclasses.replace(s, no_registry=True)
     results = asyncio.run(mutate_documents([p, deployment], s, stderr=io.StringIO()))
     pod_patch = decide(p, s.options).patch
-    assert results[0][2] == pod_patch
-    assert results[1][2] == prefixed(pod_patch, ("spec", "template"))
-    for original, mutated, patch in results:
-        assert jsonpatch.apply_patch(original, patch) == mutated
+    assert results[0].patch == pod_patch
+    assert results[1].patch == prefixed(pod_patch, ("spec", "template"))
+    for done in results:
+        assert jsonpatch.apply_patch(done.original, done.patch) == done.result

@@ -19,7 +19,8 @@ from tests.podgen import review
 from webhook.admission.handler import AdmissionHandler
 from webhook.admission.review import FAIL_OPEN_WARNING
 from webhook.config import Settings
-from webhook.selftest import EXIT_ENVIRONMENT, judge, probe_pod, warnings_of
+from webhook.exitcodes import EXIT_ENVIRONMENT
+from webhook.selftest import judge, probe_pod, warnings_of
 
 ROOT = Path(__file__).resolve().parents[1]
 

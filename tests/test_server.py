@@ -185,7 +185,11 @@ def test_env_after_applying_the_patch(
 
     assert reply.status == 200, reply
     assert reply.response["patchType"] == "JSONPatch"
-    assert "warnings" not in reply.response
+    capped = "concurrency-injector.io/max-workers" in annotations  # a cap lowering it is warned
+    assert reply.response.get("warnings", []) == (
+        [f"container 'web': WEB_CONCURRENCY {cpu} for {cpu} CPU capped to {workers} (max-workers)"]
+        if capped else []
+    )
     assert env_after(pod, reply) == [
         {"name": "WEB_CONCURRENCY", "value": workers},
         CPU_LIMIT_ENV,

@@ -27,10 +27,9 @@ from typing import Any, TextIO
 from webhook.admission.review import FAIL_OPEN_WARNING
 from webhook.core import keys
 from webhook.core.types import Obj
+from webhook.exitcodes import EXIT_ENVIRONMENT, EXIT_OK
 
-EXIT_PASSED = 0
-EXIT_UNPATCHED = 1
-EXIT_ENVIRONMENT = 3
+EXIT_UNPATCHED = 1  # the API server answered, and the pod came back unpatched
 DEFAULT_IMAGE = "concurrency-injector-selftest:0"
 CPU = "2"
 # RFC 7234 warn-code, warn-agent, quoted text: how the API server sends admission warnings.
@@ -259,7 +258,7 @@ def run(
     for w in outcome.warnings:
         print(f"selftest: warning from the API server: {w}", file=out)
     print(f"selftest: {outcome.message}", file=out)
-    return EXIT_PASSED if outcome.passed else EXIT_UNPATCHED
+    return EXIT_OK if outcome.passed else EXIT_UNPATCHED
 
 
 def _api_error(exc: Any, namespace: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ class PodSlot:
 
     path: tuple[str | int, ...]
     pod: Obj
-    owner: str  # `Kind name` of the document that holds it, for messages
+    owner: str  # `Kind namespace/name` of the object that holds it, for messages
 
 
 def pod_slots(document: Any, *, where: str) -> Iterator[PodSlot]:
@@ -53,30 +53,36 @@ def pod_slots(document: Any, *, where: str) -> Iterator[PodSlot]:
         return
     if kind == "AdmissionReview":
         raise InputError(f"{where}: an AdmissionReview is handled whole, not as a pod")
-    if kind not in TEMPLATE_PATHS:
+    if not isinstance(kind, str) or kind not in TEMPLATE_PATHS:
         return  # Services, ConfigMaps, CRDs, unknown kinds: passed through unchanged
-    if not isinstance(kind, str) or not isinstance(document.get("apiVersion", ""), str):
-        raise InputError(f"{where}: kind and apiVersion must be strings")
+    if not isinstance(document.get("apiVersion", ""), str):
+        raise InputError(f"{where}: {kind} {object_name(document)}: apiVersion must be a string")
     pod: Any = document
     for key in TEMPLATE_PATHS[kind]:
         pod = pod.get(key) if isinstance(pod, dict) else None
     if pod is None and kind in OPTIONAL_TEMPLATE:
         return
     if not isinstance(pod, dict):
-        raise InputError(f"{where}: {kind} has no {'.'.join(TEMPLATE_PATHS[kind])}")
-    yield PodSlot(TEMPLATE_PATHS[kind], pod, f"{kind} {_name(document)}")
+        path = ".".join(TEMPLATE_PATHS[kind])
+        raise InputError(f"{where}: {kind} {object_name(document)} has no {path}")
+    yield PodSlot(TEMPLATE_PATHS[kind], pod, f"{kind} {object_name(document)}")
 
 
-def _name(document: Obj) -> str:
-    metadata = document.get("metadata") or {}
-    return str(metadata.get("name") or metadata.get("generateName") or "(unnamed)")
+def object_name(document: Obj) -> str:
+    """`namespace/name` of an object, as messages name it (`name` alone without a namespace)."""
+    metadata = document.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    name = str(metadata.get("name") or metadata.get("generateName") or "(unnamed)")
+    namespace = metadata.get("namespace")
+    return f"{namespace}/{name}" if namespace else name
 
 
 def namespace_of(document: Obj) -> str:
-    return str((document.get("metadata") or {}).get("namespace") or "")
+    metadata = document.get("metadata")
+    return str(metadata.get("namespace") or "") if isinstance(metadata, dict) else ""
 
 
-def configmap_keys(documents: list[Any]) -> dict[tuple[str, str], frozenset[str]]:
+def configmap_keys(documents: Iterable[Any]) -> dict[tuple[str, str], frozenset[str]]:
     """The keys of every ConfigMap in the input, by (namespace, name): offline envFrom answers."""
     found: dict[tuple[str, str], frozenset[str]] = {}
     for document in documents:
@@ -111,7 +117,7 @@ def configmaps_for(
 class DocumentConfigMaps:
     """An `EnvSourceReader` that answers from the ConfigMaps in the input (offline `mutate`)."""
 
-    def __init__(self, documents: list[Any]) -> None:
+    def __init__(self, documents: Iterable[Any]) -> None:
         self.known = configmap_keys(documents)
 
     async def configmap_keys(

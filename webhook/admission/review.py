@@ -163,7 +163,11 @@ def _check_container(container: Any, where: str) -> None:
 
 
 def _check_resources(resources: Any, where: str) -> None:
-    """limits and requests: objects of quantities (strings, or numbers as YAML writes them)."""
+    """limits and requests: objects (of quantities).
+
+    A value that is not a quantity (`cpu: abc`, `cpu: [1]`) is not refused here: the decision
+    skips that container with a warning, the same for every wrong value (README "Command line").
+    """
     if resources is None:
         return
     if not isinstance(resources, dict):
@@ -172,9 +176,6 @@ def _check_resources(resources: Any, where: str) -> None:
         values = resources.get(key)
         if values is not None and not isinstance(values, dict):
             raise ReviewError(f"{where} is not an object of limits and requests")
-        for name, value in (values or {}).items():
-            if isinstance(value, bool) or not isinstance(value, str | int | float):
-                raise ReviewError(f"{where}.{key}.{brief(name)} is not a quantity")
 
 
 def _optional(value: Any, kind: type, where: str) -> None:

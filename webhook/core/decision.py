@@ -43,9 +43,11 @@ from webhook.core.profiles import GENERIC_PROFILE, Profile
 from webhook.core.types import ImageConfig, Obj
 from webhook.core.workers import (
     CpuLimit,
+    InvalidValue,
     WorkerPolicy,
     cpu_limit,
     cpu_text,
+    has_memory_limit,
     memory_limit,
     pod_policy,
     python_cpu_count,
@@ -76,6 +78,8 @@ class ContainerResult:
     threads: str | None = None  # threads per worker its command line sets (recorded, not warned)
     # The wanted names an unread envFrom source may set, with the sources (for the warning).
     unread_names: Mapping[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
+    # Skipped over a value the API server itself would refuse (`cpu: abc`): `mutate` exits 2.
+    invalid: bool = field(default=False, compare=False)
 
     @property
     def worker_count(self) -> str:
@@ -115,6 +119,11 @@ class Decision:
     @property
     def injected(self) -> list[ContainerResult]:
         return [c for c in self.containers if c.set]
+
+    @property
+    def invalid(self) -> bool:
+        """Whether a target held a value the API server would refuse (warned, never blocked)."""
+        return any(c.invalid for c in self.containers)
 
     # Cached: a decision may answer many identical reviews (see webhook/admission/cache.py).
     @cached_property
@@ -256,6 +265,7 @@ class Wanted:
     skipped: str | None = None  # why it gets nothing
     skip_reason: SkipReason | None = None
     warnings: tuple[str, ...] = ()
+    invalid: bool = False  # skipped over a value the API server would refuse
 
 
 def _why_nothing(results: list[ContainerResult]) -> str:
@@ -313,10 +323,27 @@ def _wanted(
         )
     cpu, why = cpu_limit(pod, container)
     if cpu is None:
-        return Wanted({}, skipped=why, skip_reason="no-cpu-limit", warnings=(why or "",))
+        # An invalid limit (`cpu: abc`) is, for the worker count, no usable limit.
+        invalid = isinstance(why, InvalidValue)
+        return Wanted(
+            {}, skipped=why, skip_reason="no-cpu-limit", warnings=(why or "",), invalid=invalid
+        )
     warnings = []
-    workers = worker_count(cpu.value, policy, memory=memory_limit(container))
+    memory = memory_limit(container)
+    invalid = (
+        memory is None and has_memory_limit(container) and policy.memory_per_worker is not None
+    )
+    if invalid and profile.env:  # the guard reads the limit: the same rule as for cpu
+        warnings.append(
+            f"container {target.name!r} has an invalid memory limit; memory guard not applied"
+        )
+    workers = worker_count(cpu.value, policy, memory=memory)
     count = workers.count
+    if profile.env and workers.capped_from is not None:
+        warnings.append(
+            f"container {target.name!r}: {profile.env[0]} {workers.capped_from} for "
+            f"{cpu_text(cpu.value)} CPU capped to {workers.cap}"
+        )
     if profile.env and workers.memory_cap is not None:
         warnings.append(
             f"container {target.name!r}: memory limit caps {profile.env[0]} at {count}"
@@ -335,7 +362,7 @@ def _wanted(
         values[keys.CPU_LIMIT] = CPU_LIMIT_MARK
     if options.python_cpu_count:
         values[keys.PYTHON_CPU_COUNT] = str(python_cpu_count(cpu.value))
-    return Wanted(values, cpu, warnings=tuple(warnings))
+    return Wanted(values, cpu, warnings=tuple(warnings), invalid=invalid and bool(profile.env))
 
 
 def _apply(
@@ -357,6 +384,7 @@ def _apply(
             target.source,
             skipped=wanted.skipped,
             skip_reason=wanted.skip_reason,
+            invalid=wanted.invalid,
         )
     worker_names = frozenset(profile.env)
     done = reconcile(container, edit.env, wanted.values, worker_names=worker_names, ctx=ctx)
@@ -373,6 +401,7 @@ def _apply(
         unread=tuple(dict.fromkeys(s for sources in done.unread.values() for s in sources)),
         workers=None if profile.env else "none",
         unread_names=done.unread,
+        invalid=wanted.invalid,
     )
 
 

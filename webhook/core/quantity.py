@@ -12,6 +12,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 # Suffix letter -> power of the base (1000, or 1024 with a trailing `i`).
+# The largest quantity taken: Kubernetes stores one as an int64 count of its unit.
+MAX_QUANTITY = Decimal(2**63 - 1)
 POWERS = {"n": -3, "u": -2, "m": -1, "K": 1, "k": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
 
 
@@ -42,10 +44,17 @@ def parse_quantity(value: Any) -> Decimal:
 
 
 def quantity(value: Any) -> Decimal:
-    """A finite quantity: the parser takes `NaN` and `Infinity`, as Decimal does."""
+    """A quantity a Pod can hold: finite, at most MAX_QUANTITY, not a boolean.
+
+    The parser takes `NaN`, `Infinity` and `true` (as Decimal and the official client do); the
+    API server refuses them, and a value past what it stores (`1e100000`) would only overflow
+    the arithmetic that follows.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise ValueError(f"a {type(value).__name__} is not a quantity")  # nor is its repr
     parsed = _text_quantity(value) if type(value) is str else parse_quantity(value)
-    if not parsed.is_finite():
-        raise ValueError(f"{value!r} is not a finite quantity")
+    if not parsed.is_finite() or abs(parsed) > MAX_QUANTITY:
+        raise ValueError(f"{value!r} is not a finite quantity of at most {MAX_QUANTITY}")
     return parsed
 
 

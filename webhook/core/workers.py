@@ -49,6 +49,17 @@ class CpuLimit:
 class Workers:
     count: int
     memory_cap: int | None  # set when the memory guard decided the count
+    # When max-workers (or the MAX_WORKER_COUNT bound) lowered the count: what it was before,
+    # and the cap, e.g. `8 (max-workers)` (each change of a value by a cap is warned about).
+    capped_from: int | None = None
+    cap: str | None = None
+
+
+class InvalidValue(str):
+    """A reason that is a value the API server itself would refuse, such as `cpu: abc`.
+
+    Still a plain warning for the server (a pod is never blocked); `mutate` exits 2 on it.
+    """
 
 
 def cpu_text(value: Decimal) -> str:
@@ -110,7 +121,7 @@ def cpu_limit(pod: Obj, container: Obj) -> tuple[CpuLimit | None, str | None]:
     try:
         own = own_cpu_limit(container)
     except (ValueError, ArithmeticError):
-        return None, f"container {name!r} has an invalid CPU limit; nothing injected"
+        return None, InvalidValue(f"container {name!r} has an invalid CPU limit; nothing injected")
     if own is not None:
         if own <= 0:
             return None, f"container {name!r} has a CPU limit of {own}; nothing injected"
@@ -132,7 +143,9 @@ def cpu_limit(pod: Obj, container: Obj) -> tuple[CpuLimit | None, str | None]:
                 )
             remaining -= other_cpu
     except (ValueError, ArithmeticError):
-        return None, f"container {name!r}: invalid CPU quantity in the pod; nothing injected"
+        return None, InvalidValue(
+            f"container {name!r}: invalid CPU quantity in the pod; nothing injected"
+        )
     if remaining <= 0:
         return None, f"container {name!r}: no pod-level CPU left after other containers' limits"
     return CpuLimit(remaining, "pod"), None
@@ -141,6 +154,10 @@ def cpu_limit(pod: Obj, container: Obj) -> tuple[CpuLimit | None, str | None]:
 def _long_running(spec: Obj) -> list[Obj]:
     sidecars = [c for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
     return [*sidecars, *(spec.get("containers") or [])]
+
+
+def has_memory_limit(container: Obj) -> bool:
+    return _limits(container).get("memory") is not None
 
 
 def memory_limit(container: Obj) -> Decimal | None:
@@ -156,14 +173,18 @@ def memory_limit(container: Obj) -> Decimal | None:
 def worker_count(cpu: Decimal, policy: WorkerPolicy, *, memory: Decimal | None = None) -> Workers:
     """clamp(round(cpu x workers-per-cpu), min, max), then the memory guard; never below 1."""
     raw = (cpu * policy.workers_per_cpu).to_integral_value(rounding=ROUNDING_MODES[policy.rounding])
-    count = min(max(int(raw), policy.min_workers, 1), MAX_WORKER_COUNT)
-    if policy.max_workers is not None:
-        count = min(count, policy.max_workers)
+    count = max(int(raw), policy.min_workers, 1)
+    top, cap = MAX_WORKER_COUNT, f"{MAX_WORKER_COUNT} (the bound)"
+    if policy.max_workers is not None and policy.max_workers <= top:
+        top, cap = policy.max_workers, f"{policy.max_workers} (max-workers)"
+    capped_from = None
+    if count > top:
+        count, capped_from = top, count
     if policy.memory_per_worker is not None and memory is not None:
-        cap = max(1, math.floor(memory / policy.memory_per_worker))
-        if cap < count:
-            return Workers(cap, cap)
-    return Workers(count, None)
+        guard = max(1, math.floor(memory / policy.memory_per_worker))
+        if guard < count:
+            return Workers(guard, guard, capped_from, cap if capped_from else None)
+    return Workers(count, None, capped_from, cap if capped_from else None)
 
 
 def python_cpu_count(cpu: Decimal) -> int:

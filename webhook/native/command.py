@@ -12,9 +12,9 @@ import yaml
 from webhook.config import Settings
 from webhook.core.options import Options
 from webhook.core.profiles import active
+from webhook.exitcodes import EXIT_INPUT
 from webhook.native.policy import KubeVersion, PolicyError, objects
 
-EXIT_INPUT = 2
 DEFAULT_KUBE_VERSION = "1.36"
 
 
@@ -30,7 +30,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"Kubernetes version the objects are for (default {DEFAULT_KUBE_VERSION}; "
         "1.34 and 1.35 get v1beta1)",
     )
-    policy.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    policy.add_argument(
+        "-o",
+        "--output",
+        choices=["yaml", "json"],
+        default="yaml",
+        help="the objects as a YAML stream or a JSON List (default yaml)",
+    )
     policy.add_argument(
         "--exclude-namespace",
         action="append",

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import math
 import os
 import shutil
 import signal
+import socket
+import sys
 import tempfile
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -19,6 +22,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 
 from webhook import logs, wiring
 from webhook.config import ConfigError, Settings, env_name
+from webhook.exitcodes import EXIT_ENVIRONMENT, EXIT_INPUT, EXIT_OK
 from webhook.serving import tls
 from webhook.serving.protocol import BoundedHttpToolsProtocol
 
@@ -47,6 +51,7 @@ def own_workers(environ: MutableMapping[str, str]) -> int:
 
 
 def serve(settings: Settings, environ: MutableMapping[str, str] | None = None) -> int:
+    """Serve until stopped; a start-up problem is one log line and exit 2 (input) or 3."""
     environ = os.environ if environ is None else environ
     logs.setup(settings.log_level, settings.log_format)
     if not settings.cert_file or not settings.key_file:
@@ -54,18 +59,26 @@ def serve(settings: Settings, environ: MutableMapping[str, str] | None = None) -
             f"serving needs --cert-file and --key-file ({env_name('cert_file')}, "
             f"{env_name('key_file')}); try `serve --dev` to run without a cluster"
         )
-        return 2
+        return EXIT_INPUT
     try:
         workers = own_workers(environ)
     except ConfigError as exc:
         log.error(str(exc))
-        return 2
+        return EXIT_INPUT
     problem = wiring.in_cluster_problem(settings)
     if problem:
         log.error(problem)
-        return 2
+        return EXIT_INPUT
     if settings.tls_self_managed:
         prepare_self_managed(settings)
+    problem = tls.pair_problem(settings.cert_file, settings.key_file)
+    if problem:
+        log.error(problem)
+        return EXIT_INPUT
+    problem = bind_problem(settings.host, settings.port)
+    if problem:
+        log.error(problem)
+        return EXIT_ENVIRONMENT
     metrics_dir = None
     if workers > 1 and not environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker is its own process: share metrics so one scrape sees them all.
@@ -86,6 +99,22 @@ def serve(settings: Settings, environ: MutableMapping[str, str] | None = None) -
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port (a port in use, say), or None.
+
+    Tried once before start-up, as uvicorn binds (SO_REUSEADDR), so the failure is one line
+    and exit 3 whether one worker or a supervisor would have bound it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def _run(settings: Settings, cert_file: str, key_file: str, *, workers: int) -> None:
@@ -186,9 +215,16 @@ EXAMPLE_REVIEW = {
 }
 
 
-def prepare_dev(args: argparse.Namespace, environ: MutableMapping[str, str]) -> None:
-    """`serve --dev`: a throwaway CA and certificate, loopback, text logs, and how to call it."""
+def prepare_dev(args: argparse.Namespace, environ: MutableMapping[str, str]) -> Path:
+    """`serve --dev`: a throwaway CA and certificate, loopback, no registry, and how to call it.
+
+    The files are removed when the process ends: on a normal exit, SIGINT or SIGTERM (each
+    ends it as a normal exit, once uvicorn has shut down).
+    """
     files = tls.write_dev_certificates(DEV_NAMES)
+    atexit.register(shutil.rmtree, files.directory, ignore_errors=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _exit_on_signal)
     args.cert_file, args.key_file = str(files.cert_file), str(files.key_file)
     args.host = args.host or "127.0.0.1"
     args.log_format = args.log_format or "text"
@@ -200,8 +236,12 @@ def prepare_dev(args: argparse.Namespace, environ: MutableMapping[str, str]) -> 
     host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0", "localhost") else args.host
     print(
         "concurrency-injector dev server\n"
+        f"  listens on:      {args.host}:{port}"
+        f"{' (loopback only)' if args.host in DEV_LOOPBACK else ' (not loopback: --host)'}\n"
+        f"  registry:        {_dev_registry(args)}\n"
         f"  CA certificate:  {files.ca_file}\n"
         f"  example review:  {review_file}\n"
+        f"  (this directory is removed when the server stops)\n"
         "Call it the way kube-apiserver does:\n"
         f"  curl --cacert {files.ca_file} -H 'Content-Type: application/json' \\\n"
         f"       --data @{review_file} 'https://{host}:{port}/mutate?timeout=10s'\n"
@@ -213,3 +253,18 @@ def prepare_dev(args: argparse.Namespace, environ: MutableMapping[str, str]) -> 
         f"Metrics: curl --cacert {files.ca_file} https://{host}:{port}/metrics\n",
         flush=True,
     )
+    return files.directory
+
+
+DEV_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _dev_registry(args: argparse.Namespace) -> str:
+    if args.no_registry:
+        return "lookups off (--insecure-registry HOST:PORT turns them on)"
+    return "lookups on (--insecure-registry or --no-registry=false given)"
+
+
+def _exit_on_signal(sig: int, frame: FrameType | None) -> None:
+    """A normal exit (atexit handlers run), once uvicorn re-raises the signal it shut down on."""
+    sys.exit(EXIT_OK)

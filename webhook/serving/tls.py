@@ -19,9 +19,13 @@ import hashlib
 import os
 import ssl
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from webhook import logs
 from webhook.certificates import authority as certs
@@ -139,6 +143,40 @@ class ReloadingContext:
         CERT_RELOADS.labels("ok").inc()
         log.info("serving certificate reloaded", extra={"cert_file": self.cert_file})
         return True
+
+
+def pair_problem(cert_file: str, key_file: str) -> str | None:
+    """What is wrong with a certificate and key pair, naming the file, or None when it loads.
+
+    Checked before start-up, so a missing or garbage file is one line, not a traceback from
+    every worker.
+    """
+    for flag, path in (("--cert-file", cert_file), ("--key-file", key_file)):
+        try:
+            Path(path).read_bytes()
+        except OSError as exc:
+            return f"{flag} {path}: cannot read it: {exc.strerror}"
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file)
+    except ssl.SSLError as exc:
+        if not _loads(x509.load_pem_x509_certificate, Path(cert_file).read_bytes()):
+            return f"--cert-file {cert_file}: not a PEM certificate"
+        if not _loads(_private_key, Path(key_file).read_bytes()):
+            return f"--key-file {key_file}: not an unencrypted PEM private key"
+        return f"--key-file {key_file} does not match --cert-file {cert_file} ({exc.reason})"
+    return None
+
+
+def _private_key(pem: bytes) -> object:
+    return serialization.load_pem_private_key(pem, password=None)
+
+
+def _loads(load: Callable[[bytes], object], pem: bytes) -> bool:
+    try:
+        load(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,10 @@ from webhook import logs, wiring
 from webhook.admission.handler import AdmissionHandler
 from webhook.admission.types import EnvSourceReader
 from webhook.config import Settings
+from webhook.exitcodes import EXIT_ENVIRONMENT, EXIT_INPUT
 from webhook.survey import explain as explaining
 from webhook.survey.cluster import Cluster, Forbidden, Unreachable, connect
 from webhook.workloads import DocumentConfigMaps, InputError
-
-EXIT_INPUT = 2
-EXIT_ENVIRONMENT = 3
 
 
 def add_parsers(commands: Any, registry_flags: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -29,7 +27,13 @@ def add_parsers(commands: Any, registry_flags: Callable[[argparse.ArgumentParser
     source.add_argument("-f", "--filename", metavar="FILE", help="YAML or JSON file, or -")
     source.add_argument("--pod", metavar="NS/NAME", help="a pod of the cluster")
     _cluster_flags(explain)
-    explain.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    explain.add_argument(
+        "-o",
+        "--output",
+        choices=["text", "json"],
+        default="text",
+        help="one line per reason, or one JSON object (default text)",
+    )
     registry_flags(explain)
 
     survey = commands.add_parser(
@@ -40,7 +44,13 @@ def add_parsers(commands: Any, registry_flags: Callable[[argparse.ArgumentParser
     scope = survey.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", metavar="NS", help="one namespace")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
-    survey.add_argument("-o", "--output", choices=["table", "json", "markdown"], default="table")
+    survey.add_argument(
+        "-o",
+        "--output",
+        choices=["table", "json", "markdown"],
+        default="table",
+        help="an aligned table, a JSON object {rows, summary}, or a Markdown table (default table)",
+    )
     survey.add_argument(
         "--node-cpus",
         type=int,

@@ -1,0 +1,151 @@
+"""`serve` start-up, run as users run it: a bad file is exit 2 naming it, a port in use exit 3,
+never a traceback; `serve --dev` says what it does and leaves nothing behind."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import (
+    LOOPBACK,
+    Client,
+    Pki,
+    clean_env,
+    cli_command,
+    client_context,
+    free_port,
+    stop_group,
+    wait_until,
+)
+from webhook.certificates.authority import build_ca, build_leaf
+
+
+def serve(*args: str, workers: int = 1) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*cli_command(), "serve", "--host", LOOPBACK, "--no-registry", "--log-format", "text",
+         *args],
+        env=clean_env(WEB_CONCURRENCY=str(workers)), capture_output=True, text=True, timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki.create(tmp_path_factory.mktemp("startup"))
+
+
+def bad_files(pki: Pki, tmp: Path) -> dict[str, tuple[Path, Path, str]]:
+    garbage = tmp / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    other = build_leaf(build_ca("other-ca"), ["localhost"])
+    other_key = tmp / "other.key"
+    other_key.write_bytes(other.key_pem)
+    missing = tmp / "missing.crt"
+    return {
+        "missing-cert": (missing, pki.key_file,
+                         f"--cert-file {missing}: cannot read it: No such file or directory"),
+        "missing-key": (pki.cert_file, missing,
+                        f"--key-file {missing}: cannot read it: No such file or directory"),
+        "garbage-cert": (garbage, pki.key_file, f"--cert-file {garbage}: not a PEM certificate"),
+        "garbage-key": (pki.cert_file, garbage,
+                        f"--key-file {garbage}: not an unencrypted PEM private key"),
+        "other-key": (pki.cert_file, other_key,
+                      f"--key-file {other_key} does not match --cert-file {pki.cert_file}"),
+    }
+
+
+CASES = ["missing-cert", "missing-key", "garbage-cert", "garbage-key", "other-key"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("case", CASES)
+def test_a_bad_certificate_or_key_file_exits_2_naming_it(
+    pki: Pki, tmp_path: Path, case: str, workers: int
+) -> None:
+    cert, key, message = bad_files(pki, tmp_path)[case]
+    done = serve("--cert-file", str(cert), "--key-file", str(key), "--port", str(free_port()),
+                 workers=workers)
+    assert done.returncode == 2, done
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_in_use_exits_3_with_a_message(pki: Pki, workers: int) -> None:
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = serve("--cert-file", str(pki.cert_file), "--key-file", str(pki.key_file),
+                     "--port", str(port), workers=workers)
+    assert done.returncode == 3, done
+    assert f"cannot listen on {LOOPBACK}:{port}: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --- serve --dev ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_dev_removes_its_files_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    port = free_port()
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen([*cli_command(), "serve", "--dev", "--port", str(port)],
+                                env=clean_env(), stdin=subprocess.DEVNULL, stdout=stdout,
+                                stderr=stderr, start_new_session=True)
+    try:
+        assert wait_until(lambda: "Metrics:" in out.read_text(), timeout=30), err.read_text()
+        printed = out.read_text()
+        found = re.search(r"CA certificate:\s+(\S+)", printed)
+        assert found, printed
+        ca_file = Path(found[1])
+        directory = ca_file.parent
+        assert f"listens on:      127.0.0.1:{port} (loopback only)" in printed
+        assert "registry:        lookups off" in printed
+
+        def healthy() -> bool:
+            try:
+                with Client(port, client_context(ca_file.read_bytes())) as client:
+                    return client.get("/healthz").status == 200
+            except OSError:
+                return False
+
+        assert wait_until(healthy, timeout=30, interval=0.1), err.read_text()
+        assert sorted(p.name for p in directory.iterdir()) == [
+            "ca.crt", "review.json", "tls.crt", "tls.key"]
+        proc.send_signal(sig)
+        assert proc.wait(30) == 0, err.read_text()
+        assert not directory.exists()
+        assert "Traceback" not in err.read_text()
+    finally:
+        stop_group(proc)
+
+
+def test_serve_dev_binds_loopback_only_and_makes_no_registry_lookups(tmp_path: Path) -> None:
+    """What the start-up message says is what the settings are."""
+    script = (
+        "import argparse, os\n"
+        "from webhook.cli import apply_flags, build_parser\n"
+        "from webhook.config import Settings\n"
+        "from webhook.serving import server\n"
+        "args = build_parser().parse_args(['serve', '--dev', '--port', '1'])\n"
+        "server.prepare_dev(args, os.environ)\n"
+        "apply_flags(args, os.environ)\n"
+        "s = Settings.from_env()\n"
+        "print(s.host, s.no_registry)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=clean_env(CONCURRENCY_INJECTOR_HOST="0.0.0.0", CONCURRENCY_INJECTOR_NO_REGISTRY="false"),
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "127.0.0.1 True"
