@@ -485,3 +485,12 @@ def answers(port: int, body: bytes | None = None) -> bool:
     except (OSError, http.client.HTTPException):
         return False
     return status == 200 and (body is None or data == body)
+
+
+def answers_healthz(port: int, ca: bytes) -> bool:
+    """True once a server on the loopback port answers GET /healthz with 200 over TLS."""
+    try:
+        with Client(port, client_context(ca)) as client:
+            return client.get("/healthz").status == 200
+    except OSError:
+        return False

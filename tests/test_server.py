@@ -38,6 +38,7 @@ from tests.servers import (
     Reply,
     WebhookServer,
     admission_review,
+    answers_healthz,
     clean_env,
     cli_command,
     client_context,
@@ -805,14 +806,9 @@ def test_serve_dev_prints_a_curl_that_works(tmp_path: Path) -> None:
         assert ca_file.is_file()
         assert review_file.is_file()
 
-        def healthy() -> bool:
-            try:
-                with Client(port, client_context(ca_file.read_bytes())) as client:
-                    return client.get("/healthz").status == 200
-            except OSError:
-                return False
-
-        assert wait_until(healthy, timeout=30, interval=0.1), err.read_text()
+        assert wait_until(
+            lambda: answers_healthz(port, ca_file.read_bytes()), timeout=30, interval=0.1
+        ), err.read_text()
         lines = printed.splitlines()
         call = lines.index("Call it the way kube-apiserver does:")
         # The printed command, continuation line joined, run by a shell exactly as written.

@@ -14,11 +14,10 @@ import pytest
 
 from tests.servers import (
     LOOPBACK,
-    Client,
     Pki,
+    answers_healthz,
     clean_env,
     cli_command,
-    client_context,
     free_port,
     stop_group,
     wait_until,
@@ -111,14 +110,9 @@ def test_serve_dev_removes_its_files_on_a_signal(tmp_path: Path, sig: signal.Sig
         assert f"listens on:      127.0.0.1:{port} (loopback only)" in printed
         assert "registry:        lookups off" in printed
 
-        def healthy() -> bool:
-            try:
-                with Client(port, client_context(ca_file.read_bytes())) as client:
-                    return client.get("/healthz").status == 200
-            except OSError:
-                return False
-
-        assert wait_until(healthy, timeout=30, interval=0.1), err.read_text()
+        assert wait_until(
+            lambda: answers_healthz(port, ca_file.read_bytes()), timeout=30, interval=0.1
+        ), err.read_text()
         assert sorted(p.name for p in directory.iterdir()) == [
             "ca.crt", "review.json", "tls.crt", "tls.key"]
         proc.send_signal(sig)
