@@ -89,10 +89,10 @@ ROWS: list[tuple[str, list[Panel]]] = [
         "Warnings and failures",
         [
             (
-                "Warnings returned",
+                "Warnings returned, by kind",
                 "ops",
-                "Warnings returned to API clients (kubectl prints them).",
-                [("warnings", _rate("concurrency_injector_warnings_total"))],
+                "Warnings returned to API clients (kubectl prints them), by kind.",
+                [("{{kind}}", _rate("concurrency_injector_warnings_total", "kind"))],
             ),
             (
                 "Internal errors (pods admitted unpatched)",

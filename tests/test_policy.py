@@ -363,11 +363,11 @@ def test_a_cap_that_changes_the_count_is_warned(
 
 def test_cap_warnings_are_counted_like_every_warning() -> None:
     handler = AdmissionHandler(Settings(), record=True)
-    before = REGISTRY.get_sample_value("concurrency_injector_warnings_total") or 0
+    before = REGISTRY.get_sample_value("concurrency_injector_warnings_total", {"kind": "capped"}) or 0
     answer = handler.handle_now(review(pod(gunicorn(cpu="1e9"))))
     assert answer.warnings == [
         "container 'web': WEB_CONCURRENCY 1000000000 for 1000000000 CPU capped to 4096 (the bound)"]
-    assert REGISTRY.get_sample_value("concurrency_injector_warnings_total") == before + 1
+    assert REGISTRY.get_sample_value("concurrency_injector_warnings_total", {"kind": "capped"}) == before + 1
 
 
 @pytest.mark.parametrize("memory", ["lots", [1], True], ids=["text", "list", "bool"])

@@ -113,13 +113,13 @@ def test_a_resize_warns_exactly_when_the_recorded_count_is_stale(
 
 
 def test_a_stale_resize_is_counted_by_runtime_and_as_warnings() -> None:
-    stale, warned = sample(STALE, runtime="gunicorn"), sample(WARNINGS)
+    stale, warned = sample(STALE, runtime="gunicorn"), sample(WARNINGS, kind="resize-stale")
     answer_resize(pod(gunicorn(cpu="2"), gunicorn("web2", cpu="2")), "6")
     assert sample(STALE, runtime="gunicorn") == stale + 1
-    assert sample(WARNINGS) == warned + 1
+    assert sample(WARNINGS, kind="resize-stale") == warned + 1
     answer_resize(pod(gunicorn(cpu="2")), "2")  # keeps the count: nothing counted
     assert sample(STALE, runtime="gunicorn") == stale + 1
-    assert sample(WARNINGS) == warned + 1
+    assert sample(WARNINGS, kind="resize-stale") == warned + 1
 
 
 def test_two_stale_containers_get_one_warning_each() -> None:

@@ -30,7 +30,11 @@ SKIPS = Counter(
     "Pods or containers left unchanged, by reason.",
     ["reason"],
 )
-WARNINGS = Counter(f"{NS}_warnings_total", "Warnings returned to API clients.")
+WARNINGS = Counter(
+    f"{NS}_warnings_total",
+    "Warnings returned to API clients, by kind (webhook/core/findings.py).",
+    ["kind"],
+)
 ERRORS = Counter(
     f"{NS}_errors_total",
     "Internal errors; each one admitted a pod unpatched (fail-open).",

@@ -40,6 +40,7 @@ from webhook.admission.types import (
 from webhook.config import Settings
 from webhook.core.decision import Decision, configmaps_to_read, decide
 from webhook.core.detection import images_to_resolve
+from webhook.core.findings import kind_of
 from webhook.core.resize import Stale, recorded_status, stale_counts
 from webhook.core.types import ImageConfig, Obj
 from webhook.lru import LRU
@@ -263,8 +264,8 @@ def _record(decision: Decision, pod: str) -> None:
             metrics.child(metrics.SKIPS, f"container-{c.skip_reason}").inc()
     if decision.reason:
         metrics.child(metrics.SKIPS, decision.reason).inc()
-    if decision.warnings:
-        metrics.WARNINGS.inc(len(decision.warnings))
+    for warning in decision.warnings:
+        metrics.child(metrics.WARNINGS, kind_of(warning)).inc()
     if decision.containers or decision.warnings:
         message = "pod mutated" if decision.outcome == "patched" else "pod reviewed"
         logs.info_json(log, message, {"pod": pod}, decision.summary_json)
@@ -274,7 +275,7 @@ def _record_stale(stale: list[Stale], pod: str) -> None:
     """Metrics and one log line for a resize that leaves worker counts stale."""
     for s in stale:
         metrics.child(metrics.RESIZE_STALE, s.runtime).inc()
-    metrics.WARNINGS.inc(len(stale))
+        metrics.child(metrics.WARNINGS, kind_of(s.warning)).inc()
     log.warning(
         "resize leaves a worker count stale until the pod is recreated",
         extra={
