@@ -31,9 +31,10 @@ grep -q "^  repository: $REPOSITORY\$" "$values" \
 grep -q "^  digest: \"$DIGEST\"\$" "$values" \
     || { echo "package-chart: image.digest not found in values.yaml" >&2; exit 1; }
 helm lint --strict "$WORK/concurrency-injector" >&2
-# The image the packaged chart installs is exactly the released one.
+# The image the packaged chart installs (the webhook and its helm test pod) is exactly the
+# released one.
 rendered="$(helm template concurrency-injector "$WORK/concurrency-injector" \
-    | sed -n 's/^ *image: "\(.*\)"$/\1/p')"
+    | sed -n 's/^ *image: "\(.*\)"$/\1/p' | sort -u)"
 [ "$rendered" = "$REPOSITORY@$DIGEST" ] \
     || { echo "package-chart: the chart renders image '$rendered'" >&2; exit 1; }
 mkdir -p "$OUT"
