@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import math
 import os
+import re
 import resource
 import signal
 import socket
@@ -494,3 +495,43 @@ def answers_healthz(port: int, ca: bytes) -> bool:
             return client.get("/healthz").status == 200
     except OSError:
         return False
+
+
+@dataclass(frozen=True)
+class DevServer:
+    """A running `serve --dev`, with what it printed (files under `tmp_path`)."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    out: Path
+    err: Path
+
+    @property
+    def printed(self) -> str:
+        return self.out.read_text()
+
+    def printed_path(self, label: str) -> Path:
+        found = re.search(rf"{label}:\s+(\S+)", self.printed)
+        assert found, f"no {label!r} in:\n{self.printed}"
+        return Path(found[1])
+
+
+@contextlib.contextmanager
+def dev_server(tmp_path: Path) -> Iterator[DevServer]:
+    """`concurrency-injector serve --dev` on a free port, once it has printed how to call it and
+    answers /healthz; its process group is stopped on the way out."""
+    port = free_port()
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen([*cli_command(), "serve", "--dev", "--port", str(port)],
+                                env=clean_env(), stdin=subprocess.DEVNULL, stdout=stdout,
+                                stderr=stderr, start_new_session=True)
+    try:
+        server = DevServer(proc, port, out, err)
+        assert wait_until(lambda: "Metrics:" in out.read_text(), timeout=30), err.read_text()
+        ca = server.printed_path("CA certificate").read_bytes()
+        assert wait_until(lambda: answers_healthz(port, ca), timeout=30, interval=0.1), (
+            err.read_text())
+        yield server
+    finally:
+        stop_group(proc)

@@ -4,6 +4,7 @@ users write them, crowded pods whose containers share env and commands, and serv
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 from hypothesis import strategies as st
@@ -185,3 +186,15 @@ every_setting = st.sampled_from(
 )
 
 
+def places(value: Any, *, depth: int, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Every path into a JSON-like value (the root too), no deeper than `depth` keys: where a
+    fuzzer may put something else (not into a deeply nested value an earlier mutation put)."""
+    yield path
+    if len(path) > depth:
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from places(item, depth=depth, path=(*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from places(item, depth=depth, path=(*path, index))

@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
@@ -29,7 +28,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.strategies import crowded_pods
+from tests.strategies import crowded_pods, places
 from webhook.admission.review import FAIL_OPEN_WARNING
 from webhook.cli import main
 
@@ -64,18 +63,6 @@ odd_values = st.one_of(
 )
 
 
-def _places(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    yield path
-    if len(path) > 10:
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _places(item, (*path, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _places(item, (*path, index))
-
-
 def _wrap(kind: str, p: dict[str, Any]) -> Any:
     if kind == "Pod":
         return p
@@ -95,7 +82,7 @@ def workload_files(draw: st.DrawFn) -> bytes:
     kind = draw(st.sampled_from(["Pod", "Deployment", "List", "AdmissionReview"]))
     document = _wrap(kind, copy.deepcopy(draw(crowded_pods)))
     for _ in range(draw(st.integers(0, 3))):
-        path = draw(st.sampled_from([p for p in _places(document) if p]))
+        path = draw(st.sampled_from([p for p in places(document, depth=10) if p]))
         target = document
         for key in path[:-1]:
             target = target[key]

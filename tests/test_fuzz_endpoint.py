@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from tests.podgen import gunicorn, pod, review
 from tests.servers import Pki, WebhookServer
-from tests.strategies import crowded_pods
+from tests.strategies import crowded_pods, places
 from webhook.admission.review import FAIL_OPEN_WARNING
 from webhook.config import Settings
 from webhook.serving.app import Webhook
@@ -68,18 +68,6 @@ weird_values = st.one_of(
 )
 
 
-def _places(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    yield path
-    if len(path) > 12:  # not into a deeply nested value put there by an earlier mutation
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _places(item, (*path, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _places(item, (*path, index))
-
-
 def _set(document: Any, path: tuple[Any, ...], value: Any) -> None:
     for key in path[:-1]:
         document = document[key]
@@ -96,8 +84,8 @@ def _delete(document: Any, path: tuple[Any, ...]) -> None:
 def broken_reviews(draw: st.DrawFn) -> dict[str, Any]:
     body = review(copy.deepcopy(draw(crowded_pods)))  # generated pods share sampled lists
     for _ in range(draw(st.integers(1, 4))):
-        places = [p for p in _places(body) if p]
-        path = draw(st.sampled_from(places))
+        paths = [p for p in places(body, depth=12) if p]
+        path = draw(st.sampled_from(paths))
         action = draw(st.sampled_from(["set", "set", "set", "delete", "duplicate-env"]))
         if action == "delete":
             _delete(body, path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import copy
 import os
-import re
 import shutil
 import socket
 import ssl
@@ -38,14 +37,13 @@ from tests.servers import (
     Reply,
     WebhookServer,
     admission_review,
-    answers_healthz,
     clean_env,
     cli_command,
     client_context,
+    dev_server,
     free_port,
     gunicorn_pod,
     peer_serial,
-    stop_group,
     uvicorn_workers,
     wait_until,
 )
@@ -780,57 +778,41 @@ def test_half_written_renewal_keeps_serving_the_old_pair(tmp_path: Path) -> None
 # --- serve --dev -----------------------------------------------------------------------------
 
 
-def printed_path(text: str, label: str) -> Path:
-    found = re.search(rf"{label}:\s+(\S+)", text)
-    assert found, f"no {label!r} in:\n{text}"
-    return Path(found[1])
-
-
 @pytest.mark.slow
 def test_serve_dev_prints_a_curl_that_works(tmp_path: Path) -> None:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
-    port = free_port()
-    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        proc = subprocess.Popen([*cli_command(), "serve", "--dev", "--port", str(port)],
-                                env=clean_env(), stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=stderr, start_new_session=True)
     directory: Path | None = None
     try:
-        assert wait_until(lambda: "Metrics:" in out.read_text(), timeout=30), err.read_text()
-        printed = out.read_text()
-        ca_file, review_file = printed_path(printed, "CA certificate"), printed_path(
-            printed, "example review")
-        directory = ca_file.parent
-        assert ca_file.is_file()
-        assert review_file.is_file()
+        with dev_server(tmp_path) as dev:
+            printed = dev.printed
+            ca_file = dev.printed_path("CA certificate")
+            review_file = dev.printed_path("example review")
+            directory = ca_file.parent
+            assert ca_file.is_file()
+            assert review_file.is_file()
+            lines = printed.splitlines()
+            call = lines.index("Call it the way kube-apiserver does:")
+            # The printed command, continuation line joined, run by a shell exactly as written.
+            curl = "\n".join(lines[call + 1 : call + 3])
+            assert curl.lstrip().startswith("curl --cacert")
+            done = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30,
+                                  check=False)
+            assert done.returncode == 0, done
+            review = orjson.loads(review_file.read_bytes())
+            answer = orjson.loads(done.stdout)
+            assert answer["response"]["uid"] == review["request"]["uid"]
+            assert answer["response"]["allowed"] is True
+            assert orjson.loads(base64.b64decode(answer["response"]["patch"])) == GUNICORN_PATCH
 
-        assert wait_until(
-            lambda: answers_healthz(port, ca_file.read_bytes()), timeout=30, interval=0.1
-        ), err.read_text()
-        lines = printed.splitlines()
-        call = lines.index("Call it the way kube-apiserver does:")
-        # The printed command, continuation line joined, run by a shell exactly as written.
-        curl = "\n".join(lines[call + 1 : call + 3])
-        assert curl.lstrip().startswith("curl --cacert")
-        done = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30,
-                              check=False)
-        assert done.returncode == 0, done
-        review = orjson.loads(review_file.read_bytes())
-        answer = orjson.loads(done.stdout)
-        assert answer["response"]["uid"] == review["request"]["uid"]
-        assert answer["response"]["allowed"] is True
-        assert orjson.loads(base64.b64decode(answer["response"]["patch"])) == GUNICORN_PATCH
-
-        decode = lines.index("Decode the patch:")
-        pipeline = "\n".join(lines[decode + 1 : decode + 3])
-        done = subprocess.run(["bash", "-c", pipeline], capture_output=True, text=True,
-                              timeout=30, check=False)
-        assert done.returncode == 0, done
-        assert orjson.loads(done.stdout) == GUNICORN_PATCH
+            decode = lines.index("Decode the patch:")
+            pipeline = "\n".join(lines[decode + 1 : decode + 3])
+            done = subprocess.run(["bash", "-c", pipeline], capture_output=True, text=True,
+                                  timeout=30, check=False)
+            assert done.returncode == 0, done
+            assert orjson.loads(done.stdout) == GUNICORN_PATCH
     finally:
-        stop_group(proc)
+        out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
         print(f"--- serve --dev stdout ---\n{out.read_text()}\n--- stderr ---\n{err.read_text()}")
         if directory is not None and directory.name.startswith("concurrency-injector-dev-"):
             shutil.rmtree(directory, ignore_errors=True)

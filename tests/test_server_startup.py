@@ -3,7 +3,6 @@ never a traceback; `serve --dev` says what it does and leaves nothing behind."""
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import subprocess
@@ -15,12 +14,10 @@ import pytest
 from tests.servers import (
     LOOPBACK,
     Pki,
-    answers_healthz,
     clean_env,
     cli_command,
+    dev_server,
     free_port,
-    stop_group,
-    wait_until,
 )
 from webhook.certificates.authority import build_ca, build_leaf
 
@@ -94,33 +91,17 @@ def test_a_port_in_use_exits_3_with_a_message(pki: Pki, workers: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_dev_removes_its_files_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
-    port = free_port()
-    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        proc = subprocess.Popen([*cli_command(), "serve", "--dev", "--port", str(port)],
-                                env=clean_env(), stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=stderr, start_new_session=True)
-    try:
-        assert wait_until(lambda: "Metrics:" in out.read_text(), timeout=30), err.read_text()
-        printed = out.read_text()
-        found = re.search(r"CA certificate:\s+(\S+)", printed)
-        assert found, printed
-        ca_file = Path(found[1])
-        directory = ca_file.parent
-        assert f"listens on:      127.0.0.1:{port} (loopback only)" in printed
+    with dev_server(tmp_path) as dev:
+        printed = dev.printed
+        directory = dev.printed_path("CA certificate").parent
+        assert f"listens on:      127.0.0.1:{dev.port} (loopback only)" in printed
         assert "registry:        lookups off" in printed
-
-        assert wait_until(
-            lambda: answers_healthz(port, ca_file.read_bytes()), timeout=30, interval=0.1
-        ), err.read_text()
         assert sorted(p.name for p in directory.iterdir()) == [
             "ca.crt", "review.json", "tls.crt", "tls.key"]
-        proc.send_signal(sig)
-        assert proc.wait(30) == 0, err.read_text()
+        dev.proc.send_signal(sig)
+        assert dev.proc.wait(30) == 0, dev.err.read_text()
         assert not directory.exists()
-        assert "Traceback" not in err.read_text()
-    finally:
-        stop_group(proc)
+        assert "Traceback" not in dev.err.read_text()
 
 
 def test_serve_dev_binds_loopback_only_and_makes_no_registry_lookups(tmp_path: Path) -> None:
