@@ -24,7 +24,7 @@ so the chart renders the generated CEL unchanged and substitutes only those lite
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -135,30 +135,40 @@ def _launcher_test(entries: tuple[tuple[tuple[str, ...], Profile], ...], first: 
     return expr
 
 
+def _by_name(table: Mapping[str, Profile], key: str, first: int) -> str:
+    """The profile `key` names in `table` ('' for none); one with subcommands needs one of them
+    among the operands from `first` on."""
+    plain = {n: p.name for n, p in table.items() if not p.subcommands}
+    expr = f"{str_map(plain)}[?{key}].orValue('')"
+    for name, p in table.items():
+        if p.subcommands:
+            test = _subcommand_test(p.subcommands, first)
+            expr = f"({key} == {lit(name)} ? ({test} ? {lit(p.name)} : '') : {expr})"
+    return expr
+
+
+def _launched(
+    launchers: Mapping[str, tuple[tuple[tuple[str, ...], Profile], ...]],
+    key: str,
+    first: int,
+    *,
+    skip: Container[str] = (),
+) -> str:
+    """The profile a launcher that `key` names starts (its operands from `first` on), or ''."""
+    expr = "''"
+    for name, entries in launchers.items():
+        if name not in skip:
+            expr = f"({key} == {lit(name)} ? {_launcher_test(entries, first)} : {expr})"
+    return expr
+
+
 def detected_expression(forms: Forms) -> str:
     """Per container (its command after the wrapper, `a`): the profile name CEL reads, or ''."""
-    plain = {n: p.name for n, p in forms.executables.items() if not p.subcommands}
     program = "variables.program[i]"
-    exe = f"{str_map(plain)}[?{program}].orValue('')"
-    for name, p in forms.executables.items():
-        if p.subcommands:
-            test = _subcommand_test(p.subcommands, 1)
-            exe = f"({program} == {lit(name)} ? ({test} ? {lit(p.name)} : '') : {exe})"
-    launched = "''"
-    for name, entries in forms.launchers.items():
-        launched = f"({program} == {lit(name)} ? {_launcher_test(entries, 1)} : {launched})"
-    plain_modules = {m: p.name for m, p in forms.modules.items() if not p.subcommands}
-    module = f"{str_map(plain_modules)}[?a[2]].orValue('')"
-    for name, p in forms.modules.items():
-        if p.subcommands:
-            test = _subcommand_test(p.subcommands, 2)
-            module = f"(a[2] == {lit(name)} ? ({test} ? {lit(p.name)} : '') : {module})"
-    launched_module = "''"
-    for name, entries in forms.launchers.items():
-        if name not in forms.modules:
-            launched_module = (
-                f"(a[2] == {lit(name)} ? {_launcher_test(entries, 2)} : {launched_module})"
-            )
+    exe = _by_name(forms.executables, program, 1)
+    launched = _launched(forms.launchers, program, 1)
+    module = _by_name(forms.modules, "a[2]", 2)
+    launched_module = _launched(forms.launchers, "a[2]", 2, skip=forms.modules)
     python = (
         f"({program}.matches({lit(PYTHON_RE)}) && size(a) > 2 && a[1] == '-m' ? "
         f"(a[2] in {str_list(forms.modules)} ? {module} : {launched_module}) : '')"
