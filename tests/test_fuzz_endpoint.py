@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from tests.podgen import gunicorn, pod, review
 from tests.servers import Pki, WebhookServer
 from tests.strategies import crowded_pods, places
-from webhook.admission.review import FAIL_OPEN_WARNING
+from webhook.admission.review import FAIL_OPEN_WARNING, ReviewError, _well_formed, walk_pod
 from webhook.config import Settings
 from webhook.serving.app import Webhook
 
@@ -148,6 +148,36 @@ def test_in_process_endpoint_survives_broken_reviews(body: dict[str, Any], cache
             check_answer(body, answer.status_code, answer.content)
 
     asyncio.run(run())
+
+
+@settings(max_examples=3000, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(broken_reviews())
+def test_lean_shape_check_is_never_looser_than_the_walk(body: dict[str, Any]) -> None:
+    """check_pod trusts the one-pass `_well_formed`: whatever it accepts, the field-by-field
+    walk (which names the wrong field) accepts too; whatever the walk accepts is only walked."""
+    request = body.get("request")
+    pod = request.get("object") if isinstance(request, dict) else None
+    if not isinstance(pod, dict):
+        return
+    try:
+        walk_pod(pod)
+    except ReviewError:
+        assert not _well_formed(pod), pod
+    except (AttributeError, TypeError):
+        pass  # the walk's own preconditions (it runs after the review was checked)
+
+
+def test_lean_shape_check_tells_pods_apart() -> None:
+    good = pod(gunicorn())
+    assert _well_formed(good)
+    for broken in ({"spec": {"containers": [{"name": 5}]}},
+                   {"spec": {"containers": [{"name": "a", "env": [{"name": "A", "value": 1}]}]}},
+                   {"spec": {"containers": [{"name": "a", "envFrom": [{"secretRef": []}]}]}},
+                   {"metadata": {"annotations": {"a": None}}, "spec": good["spec"]}):
+        assert not _well_formed(broken)
+        with pytest.raises(ReviewError):
+            walk_pod(broken)
 
 
 def _encode(body: Any) -> bytes:

@@ -135,8 +135,11 @@ class AdmissionHandler:
             self.cache.mark_checked(key)
         namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or ""
         try:
-            wait = self.settings.registry_timeout if budget is None else budget
-            images, configmaps = await self._lookups(pod, key, namespace, wait)
+            images: dict[str, ImageConfig] = {}
+            configmaps: dict[str, frozenset[str]] = {}
+            if self.makes_lookups:  # else no coroutine: a new pod is answered in one step
+                wait = self.settings.registry_timeout if budget is None else budget
+                images, configmaps = await self._lookups(pod, key, namespace, wait)
             decision = self.cache.get_or_decide(
                 key and decision_key(key, images, configmaps),
                 lambda: decide(pod, self.options, images=images, configmaps=configmaps),
@@ -189,8 +192,6 @@ class AdmissionHandler:
         self, pod: Obj, key: bytes | None, namespace: str, budget: float
     ) -> tuple[dict[str, ImageConfig], dict[str, frozenset[str]]]:
         """Registry and ConfigMap reads, in parallel, inside one time budget per review."""
-        if not self.makes_lookups:
-            return {}, {}
         refs, names = self._wanted(pod, key)
         if not refs and not names:
             return {}, {}

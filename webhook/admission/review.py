@@ -96,7 +96,14 @@ def check_pod(pod: Obj) -> None:
 
     Every field the webhook reads is checked for the type the Pod schema gives it, so a
     malformed pod is the caller's fault (400), never an internal error that fails open.
+    A pod that `_well_formed` accepts is not walked again; any other is, to name what is wrong.
     """
+    if not _well_formed(pod):
+        walk_pod(pod)
+
+
+def walk_pod(pod: Obj) -> None:
+    """`check_pod` field by field: raises ReviewError naming the first field that is wrong."""
     metadata = pod.get("metadata")
     if metadata is not None:
         if not isinstance(metadata, dict):
@@ -118,6 +125,111 @@ def check_pod(pod: Obj) -> None:
     for field_name in ("containers", "initContainers"):
         for i, container in enumerate(spec.get(field_name) or []):
             _check_container(container, f"spec.{field_name}[{i}]")
+
+
+def _well_formed(pod: Obj) -> bool:
+    """The checks of `check_pod` as one lean pass that only answers yes or no.
+
+    Every pod the API server sends passes, and a new pod pays for this pass alone, without the
+    error paths' bookkeeping. It is stricter than `check_pod` (exact JSON types), never looser:
+    whatever it refuses goes through `check_pod`'s own walk, which raises or accepts.
+    """
+    metadata = pod.get("metadata")
+    if metadata is not None:
+        if type(metadata) is not dict:
+            return False
+        for name in ("name", "generateName", "namespace"):
+            value = metadata.get(name)
+            if value is not None and type(value) is not str:
+                return False
+        annotations = metadata.get("annotations")
+        if annotations is not None:
+            if type(annotations) is not dict:
+                return False
+            for value in annotations.values():
+                if type(value) is not str:
+                    return False
+    spec = pod.get("spec")
+    if type(spec) is not dict:
+        return False
+    containers = spec.get("containers")
+    if type(containers) is not list or not containers:
+        return False
+    inits = spec.get("initContainers")
+    if inits is not None and type(inits) is not list:
+        return False
+    if not _fine_resources(spec.get("resources")):
+        return False
+    for container in (*containers, *(inits or ())):
+        if type(container) is not dict or not _fine_container(container):
+            return False
+    return True
+
+
+def _fine_container(container: Obj) -> bool:
+    get = container.get
+    if type(get("name")) is not str:
+        return False
+    for name in ("image", "restartPolicy"):
+        value = get(name)
+        if value is not None and type(value) is not str:
+            return False
+    for name in _STRING_LISTS:
+        words = get(name)
+        if words is not None:
+            if type(words) is not list:
+                return False
+            for word in words:
+                if type(word) is not str:
+                    return False
+    env = get("env")
+    if env is not None:
+        if type(env) is not list:
+            return False
+        for entry in env:
+            if type(entry) is not dict or type(entry.get("name")) is not str:
+                return False
+            value, source = entry.get("value"), entry.get("valueFrom")
+            if (value is not None and type(value) is not str) or (
+                source is not None and type(source) is not dict
+            ):
+                return False
+    for name in ("envFrom", "resizePolicy"):
+        items = get(name)
+        if items is None:
+            continue
+        if type(items) is not list:
+            return False
+        for item in items:
+            if type(item) is not dict:
+                return False
+            for key in _ITEM_STRINGS[name]:
+                value = item.get(key)
+                if value is not None and type(value) is not str:
+                    return False
+            if name == "envFrom":
+                for key in _ENV_SOURCES:
+                    ref = item.get(key)
+                    if ref is None:
+                        continue
+                    if type(ref) is not dict:
+                        return False
+                    ref_name = ref.get("name")
+                    if ref_name is not None and type(ref_name) is not str:
+                        return False
+    return _fine_resources(get("resources"))
+
+
+def _fine_resources(resources: Any) -> bool:
+    if resources is None:
+        return True
+    if type(resources) is not dict:
+        return False
+    for key in ("limits", "requests"):
+        values = resources.get(key)
+        if values is not None and type(values) is not dict:
+            return False
+    return True
 
 
 # The container fields the webhook reads, with the types the Pod schema gives them.

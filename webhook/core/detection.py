@@ -7,8 +7,9 @@ webhook/core/commands.py) or its image's metadata (label, Entrypoint and Cmd, na
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 from webhook.core import keys
@@ -51,10 +52,15 @@ class NotTarget:
 
     name: str
     init: bool
-    reason: str
+    # The reason, or how to word it: only `explain` reads it, so the server never builds it.
+    why: str | Callable[[], str] = field(compare=False)
+
+    @property
+    def reason(self) -> str:
+        return self.why if isinstance(self.why, str) else self.why()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built on every review: not frozen, whose setattr costs ~1 µs a build
 class Selection:
     """Every container of a pod, decided: the targets, the others with their reasons, warnings."""
 
@@ -63,7 +69,7 @@ class Selection:
     warnings: list[str]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built on every review: not frozen, whose setattr costs ~1 µs a build
 class Detected:
     """Rule 4's answer for one container: its runtime, how it was known, its command line."""
 
@@ -247,7 +253,8 @@ def select(pod: Obj, images: Mapping[str, ImageConfig], profiles: ProfileSet) ->
                 f"not a target; name it in {keys.CONTAINERS}"
             )
         else:
-            others.append(NotTarget(name, False, why_not_detected(container, image, profiles)))
+            why = partial(why_not_detected, container, image, profiles)
+            others.append(NotTarget(name, False, why))
     return Selection(targets, others, warnings)
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from webhook.core.profiles import Profile
 
 MISSING_VALUE = "?"  # a flag last on the line, its value missing
+MAX_LINES_READ = 4096  # argv answers remembered per profile
 
 
 class FlagReader:
@@ -29,9 +30,20 @@ class FlagReader:
     def __init__(self, flags: Iterable[str]) -> None:
         self.flags = frozenset(flags)
         self.short = tuple(f for f in self.flags if not f.startswith("--"))
+        # Answers by argv: a target's line is read for its warnings, threads and flags alike,
+        # and the same few lines come back in pod after pod (read-only, shared).
+        self._read: dict[tuple[str, ...], Mapping[str, str]] = {}
 
-    def read(self, args: tuple[str, ...]) -> dict[str, str]:
+    def read(self, args: tuple[str, ...]) -> Mapping[str, str]:
         """Each known flag present in `args`, with its value."""
+        found = self._read.get(args)
+        if found is None:
+            if len(self._read) >= MAX_LINES_READ:
+                self._read.clear()  # a bound, not an eviction policy
+            found = self._read[args] = self._scan(args)
+        return found
+
+    def _scan(self, args: tuple[str, ...]) -> dict[str, str]:
         found: dict[str, str] = {}
         if not self.flags:
             return found

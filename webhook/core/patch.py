@@ -10,9 +10,9 @@ and never reach outside the array they edit. Tests hold the result equal to the 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import cached_property
 from typing import Any
 
+from webhook.core.once import once
 from webhook.core.types import Obj
 
 Path = tuple[str | int, ...]
@@ -68,7 +68,7 @@ class ArrayEdit:
         self._ops.append({"op": "remove", "path": f"{self.pointer}/{index}"})
         del self.items[index]
 
-    @cached_property
+    @once
     def pointer(self) -> str:
         """The array's JSON Pointer, escaped once, when the first op needs it."""
         return pointer(self.path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -39,13 +40,13 @@ class WorkerPolicy:
     rounding: Rounding
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built on every review: not frozen, whose setattr costs ~1 µs a build
 class CpuLimit:
     value: Decimal
     source: CpuSource
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built on every review: not frozen, whose setattr costs ~1 µs a build
 class Workers:
     count: int
     memory_cap: int | None  # set when the memory guard decided the count
@@ -62,13 +63,32 @@ class InvalidValue(str):
     """
 
 
+@functools.lru_cache(maxsize=256)  # the few limits pods use come back in pod after pod
 def cpu_text(value: Decimal) -> str:
     """A CPU amount as plain cores, e.g. `0.5`, `2`."""
     return format(value.normalize(), "f")
 
 
+# The annotations that override the server's worker policy for one pod.
+POLICY_KEYS = (keys.WORKERS_PER_CPU, keys.MIN_WORKERS, keys.MAX_WORKERS, keys.MEMORY_PER_WORKER)
+
+
 def pod_policy(options: Options, annotations: Mapping[str, Any]) -> tuple[WorkerPolicy, list[str]]:
     """The server's defaults, overridden by the pod's annotations (a bad one is warned, ignored)."""
+    for key in POLICY_KEYS:
+        if key in annotations:
+            return _policy(options, annotations)
+    policy, warnings = _server_policy(options)  # most pods override nothing
+    return policy, list(warnings)
+
+
+@functools.lru_cache(maxsize=8)
+def _server_policy(options: Options) -> tuple[WorkerPolicy, tuple[str, ...]]:
+    policy, warnings = _policy(options, {})
+    return policy, tuple(warnings)
+
+
+def _policy(options: Options, annotations: Mapping[str, Any]) -> tuple[WorkerPolicy, list[str]]:
     policy = WorkerPolicy(
         options.workers_per_cpu,
         options.min_workers,
