@@ -223,21 +223,21 @@ def test_override_annotation_replaces_user_env_in_place() -> None:
             {},
             [cpu_limit_env("web"), pcc("2")],
             [
-                "'web': envFrom ConfigMap 'cfg' not read; WEB_CONCURRENCY not set; CPU_LIMIT, PYTHON_CPU_COUNT set over it"
+                "container 'web': envFrom ConfigMap 'cfg' not read; WEB_CONCURRENCY not set; CPU_LIMIT, PYTHON_CPU_COUNT set over it"
             ],
         ),
         (
             [{"secretRef": {"name": "s"}, "prefix": "PYTHON_"}],
             {},
             [wc("2"), cpu_limit_env("web"), pcc("2")],
-            ["'web': envFrom Secret 's' not read; PYTHON_CPU_COUNT set over it"],
+            ["container 'web': envFrom Secret 's' not read; PYTHON_CPU_COUNT set over it"],
         ),
         (
             [{"secretRef": {"name": "app"}}, {"configMapRef": {"name": "cfg"}}, {"secretRef": {"name": "db"}}],
             {"cfg": frozenset({"OTHER"})},
             [cpu_limit_env("web"), pcc("2")],
             [
-                "'web': envFrom Secret 'app', envFrom Secret 'db' not read; WEB_CONCURRENCY not set; CPU_LIMIT, PYTHON_CPU_COUNT set over it"[:119] + "…"
+                "container 'web': envFrom Secret 'app', envFrom Secret 'db' not read; WEB_CONCURRENCY not set; CPU_LIMIT, PYTHON_CPU_COUNT set over it"[:119] + "…"
             ],
         ),
     ],
@@ -462,7 +462,7 @@ def test_env_from_secret_with_set_setting_sets_the_worker_variable_and_says_so()
     decision = decide(p, Settings(env_from_unknown="set").options, configmaps={})
     assert env_of(jsonpatch.apply_patch(p, decision.patch)) == [wc("2"), cpu_limit_env("web"), pcc("2")]
     assert decision.warnings == [
-        "'web': envFrom Secret 'app' not read; WEB_CONCURRENCY, CPU_LIMIT, PYTHON_CPU_COUNT set over it"
+        "container 'web': envFrom Secret 'app' not read; WEB_CONCURRENCY, CPU_LIMIT, PYTHON_CPU_COUNT set over it"
     ]
     status = json.loads(jsonpatch.apply_patch(p, decision.patch)["metadata"]["annotations"][STATUS])
     assert status["web"]["unread"] == ["envFrom Secret 'app'"]

@@ -351,12 +351,14 @@ def _wanted(
         )
     if count > 1 and profile.cli_workers_only and not _started_by_cli(target) and not multi:
         warnings.append(
-            f"{target.name!r}: {profile.name} not run by its CLI: {count} -> 1 worker (run(app) "
-            f"exits above 1); opt in: {keys.MULTI_WORKER}"
+            f"container {target.name!r}: {profile.name} not run by its CLI: {count} -> 1 worker "
+            f"(run(app) exits above 1); opt in: {keys.MULTI_WORKER}"
         )
         count = 1
     if not profile.env and not sets_workers_itself(profile, target.server):
-        warnings.append(f"{target.name!r}: {profile.name} reads no worker variable; {profile.hint}")
+        warnings.append(
+            f"container {target.name!r}: {profile.name} reads no worker variable; {profile.hint}"
+        )
     values = dict.fromkeys(profile.env, str(count))
     if cpu.source == "container":
         values[keys.CPU_LIMIT] = CPU_LIMIT_MARK

@@ -126,7 +126,7 @@ def unread_warnings(
         said.append(f"{', '.join(skipped)} not set")
     if replaced:
         said.append(f"{', '.join(replaced)} set over it")
-    return [f"{name!r}: {sources} not read; {'; '.join(said)}"]
+    return [f"container {name!r}: {sources} not read; {'; '.join(said)}"]
 
 
 def plain_env(container: Obj, image: ImageConfig | None) -> dict[str, str]:
