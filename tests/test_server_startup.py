@@ -85,6 +85,32 @@ def test_a_port_in_use_exits_3_with_a_message(pki: Pki, workers: int) -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("kubeconfig", "code", "message"),
+    [(None, 3, "CONCURRENCY_INJECTOR_READ_CONFIGMAPS=true needs the in-cluster service account"),
+     ("/nonexistent/kubeconfig", 2,
+      "CONCURRENCY_INJECTOR_READ_CONFIGMAPS=true: CONCURRENCY_INJECTOR_KUBECONFIG=/nonexistent")],
+    ids=["no-service-account", "missing-kubeconfig"],
+)
+def test_in_cluster_features_outside_a_cluster_exit_with_a_message(
+    pki: Pki, kubeconfig: str | None, code: int, message: str
+) -> None:
+    """Outside a cluster is the environment (3); a kubeconfig file that is not there, input (2)."""
+    extra = {"CONCURRENCY_INJECTOR_READ_CONFIGMAPS": "true"}
+    if kubeconfig:
+        extra["CONCURRENCY_INJECTOR_KUBECONFIG"] = kubeconfig
+    done = subprocess.run(
+        [*cli_command(), "serve", "--host", LOOPBACK, "--no-registry", "--log-format", "text",
+         "--cert-file", str(pki.cert_file), "--key-file", str(pki.key_file),
+         "--port", str(free_port())],
+        env=clean_env(WEB_CONCURRENCY="1", **extra), capture_output=True, text=True, timeout=60,
+        check=False,
+    )
+    assert done.returncode == code, done
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # --- serve --dev ---------------------------------------------------------------------------------
 
 

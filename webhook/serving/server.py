@@ -68,7 +68,8 @@ def serve(settings: Settings, environ: MutableMapping[str, str] | None = None) -
     problem = wiring.in_cluster_problem(settings)
     if problem:
         log.error(problem)
-        return EXIT_INPUT
+        # A kubeconfig the user named is input; no service account means not in a cluster.
+        return EXIT_INPUT if settings.kubeconfig else EXIT_ENVIRONMENT
     if settings.tls_self_managed:
         prepare_self_managed(settings)
     problem = tls.pair_problem(settings.cert_file, settings.key_file)
