@@ -86,3 +86,25 @@ def test_a_cached_decision_equals_a_fresh_one(p: dict[str, Any], q: dict[str, An
         got = cached(cache, one, configmaps=cms)
         fresh = decide(one, Settings().options, configmaps=cms)
         assert (got.patch, got.warnings, got.containers) == (fresh.patch, fresh.warnings, fresh.containers)
+
+
+def test_a_cached_decision_keeps_no_container_of_its_pod_alive() -> None:
+    """Decisions are kept (256 by default): one that held the pod's containers would keep
+    every distinct pod's spec in memory. Non-targets' reasons are worded from copies."""
+    import gc
+
+    p = pod(gunicorn(cpu="2"), container("redis", command=["redis-server"], cpu="1"),
+            container("envoy", image="envoyproxy/envoy:v1", cpu="1"))
+    decision = decide(p, Settings().options)
+    assert len(decision.others) == 2
+    assert [o.reason for o in decision.others]  # worded on demand, from what was kept
+    containers = {id(c) for c in p["spec"]["containers"]}
+    seen: set[int] = set()
+    todo: list[Any] = [decision]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, type):
+            continue
+        seen.add(id(obj))
+        assert id(obj) not in containers, f"the decision holds container {obj.get('name')!r}"
+        todo.extend(gc.get_referents(obj))

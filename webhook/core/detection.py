@@ -253,11 +253,16 @@ def select(pod: Obj, images: Mapping[str, ImageConfig], profiles: ProfileSet) ->
                 f"not a target; name it in {keys.CONTAINERS}"
             )
         else:
-            why = partial(why_not_detected, container, image, profiles)
+            # What the wording reads, not the container: a cached decision must not keep
+            # the pod's containers alive.
+            read = {k: container.get(k) for k in WORDED}
+            why = partial(why_not_detected, read, image, profiles)
             others.append(NotTarget(name, False, why))
     return Selection(targets, others, warnings)
 
 
+# The container fields `why_not_detected` reads.
+WORDED = ("command", "args", "image")
 INIT_REASON = f"an init container: a target only when named in {keys.CONTAINERS}"
 NATIVE_REASON = f"decided by the native admission policy (annotation {keys.NATIVE})"
 
