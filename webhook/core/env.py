@@ -56,15 +56,10 @@ def reconcile(
     applied: dict[str, str] = {}
     kept: list[str] = []
     unread: dict[str, list[str]] = {}
-    # Most containers have no envFrom: then only an env entry of the user's can own a name.
-    sourced = ctx.override or bool(container.get("envFrom"))
     for variable in dict.fromkeys([*desired, *keys.FACTS, *ours]):
         index = _index(env.items, variable)
         mine = index is not None and _is_own(env.items[index], ours, name)
-        if sourced or (index is not None and not mine):
-            owned, sources = _user_owns(container, variable, index, mine=mine, ctx=ctx)
-        else:
-            owned, sources = False, []
+        owned, sources = _user_owns(container, variable, index, mine=mine, ctx=ctx)
         if sources and variable in desired:
             unread[variable] = sources
         # A fact is set over an unread source; a worker variable only if the cluster says so.

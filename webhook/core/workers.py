@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any, Literal
@@ -69,8 +69,14 @@ def cpu_text(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-# The annotations that override the server's worker policy for one pod.
-POLICY_KEYS = (keys.WORKERS_PER_CPU, keys.MIN_WORKERS, keys.MAX_WORKERS, keys.MEMORY_PER_WORKER)
+# The annotations that override the server's worker policy for one pod: field and parser.
+_OVERRIDES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
+    (keys.WORKERS_PER_CPU, "workers_per_cpu", parse_workers_per_cpu),
+    (keys.MIN_WORKERS, "min_workers", parse_worker_count),
+    (keys.MAX_WORKERS, "max_workers", parse_worker_count),
+    (keys.MEMORY_PER_WORKER, "memory_per_worker", parse_positive_quantity),
+)
+POLICY_KEYS = tuple(key for key, _, _ in _OVERRIDES)
 
 
 def pod_policy(options: Options, annotations: Mapping[str, Any]) -> tuple[WorkerPolicy, list[str]]:
@@ -97,17 +103,12 @@ def _policy(options: Options, annotations: Mapping[str, Any]) -> tuple[WorkerPol
         options.rounding,
     )
     warnings: list[str] = []
-    for key, field_name, parse in (
-        (keys.WORKERS_PER_CPU, "workers_per_cpu", parse_workers_per_cpu),
-        (keys.MIN_WORKERS, "min_workers", parse_worker_count),
-        (keys.MAX_WORKERS, "max_workers", parse_worker_count),
-        (keys.MEMORY_PER_WORKER, "memory_per_worker", parse_positive_quantity),
-    ):
+    for key, field_name, parse in _OVERRIDES:
         raw = annotations.get(key)
         if raw is None:
             continue
         try:
-            policy = replace(policy, **{field_name: parse(str(raw).strip())})  # type: ignore[arg-type]
+            policy = replace(policy, **{field_name: parse(str(raw).strip())})
         except (ValueError, ArithmeticError):
             warnings.append(f"{key}={raw!r} is not valid; using the default")
     if policy.max_workers is not None and policy.max_workers < policy.min_workers:
