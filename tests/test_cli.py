@@ -299,6 +299,35 @@ def test_an_invalid_cpu_limit_is_a_warning_and_exit_2_whatever_its_type(cpu: str
     assert "env" not in deployment["spec"]["template"]["spec"]["containers"][0]
 
 
+REVIEW_WITH_INVALID_CPU = """\
+apiVersion: admission.k8s.io/v1
+kind: AdmissionReview
+request:
+  uid: u1
+  kind: {group: "", version: v1, kind: Pod}
+  resource: {group: "", version: v1, resource: pods}
+  operation: CREATE
+  object:
+    metadata: {name: p}
+    spec:
+      containers: [{name: web, command: [gunicorn, app:app], resources: {limits: {cpu: abc}}}]
+"""
+
+
+@pytest.mark.parametrize("output", ["yaml", "json"])
+def test_a_review_answered_with_an_invalid_value_warning_is_written_in_every_format(
+    output: str,
+) -> None:
+    """The response's warnings are plain strings (a reason that was a str subclass once made
+    the YAML writer fail with a traceback)."""
+    result = run("-f", "-", "--no-registry", "-o", output, stdin=REVIEW_WITH_INVALID_CPU)
+    assert result.returncode == 2, result.stderr
+    answer = yaml.safe_load(result.stdout)
+    assert answer["response"]["warnings"] == [
+        "container 'web' has an invalid CPU limit; nothing injected"
+    ]
+
+
 def test_a_capped_worker_count_is_warned_and_exits_0() -> None:
     result = run("-f", "-", "--no-registry", stdin=WORKLOAD.format(cpu='"1e9"'))
     assert result.returncode == 0, result.stderr

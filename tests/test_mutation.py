@@ -10,6 +10,7 @@ import pytest
 from tests.podgen import container, cpu_limit_env, gunicorn, pod
 from webhook.config import Settings
 from webhook.core.decision import configmaps_to_read, decide
+from webhook.core.findings import kind_of
 
 STATUS = "concurrency-injector.io/status"
 
@@ -159,6 +160,41 @@ def test_opted_out_pod_gets_no_patch() -> None:
     p = pod(gunicorn(), annotations={"concurrency-injector.io/inject": "false"})
     assert decide(p, Settings().options).reason == "opted-out"
     assert decide(p, Settings().options).patch == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("inject", "nope", "true or false"),
+        ("override", "yes", "true or false"),
+        ("multi-worker", "1", "true or false"),
+        ("mode", "auditt", "audit or enforce"),
+        ("mode", "", "audit or enforce"),
+    ],
+)
+def test_an_unknown_word_is_warned_and_the_default_used(key: str, value: str, words: str) -> None:
+    user = [{"name": "WEB_CONCURRENCY", "value": "7"}]  # kept unless override is true
+    plain = pod(gunicorn(env=user), annotations={})
+    annotated = pod(gunicorn(env=user), annotations={f"concurrency-injector.io/{key}": value})
+    decision = decide(annotated, Settings().options)
+    assert decision.warnings == [
+        f"concurrency-injector.io/{key}={value!r} is not valid ({words}); using the default"
+    ]
+    assert kind_of(decision.warnings[0]) == "annotation"
+    # As if it were absent: the same env and status (no opt-out, no override, enforce).
+    assert env_of(applied(annotated)) == env_of(applied(plain))
+    assert applied(annotated)["metadata"]["annotations"][STATUS] == applied(plain)["metadata"][
+        "annotations"
+    ][STATUS]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("inject", " True "), ("override", "FALSE"), ("multi-worker", "false"), ("mode", "Enforce")],
+)
+def test_known_words_in_any_case_are_not_warned(key: str, value: str) -> None:
+    p = pod(gunicorn(), annotations={f"concurrency-injector.io/{key}": value})
+    assert decide(p, Settings().options).warnings == []
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,26 @@ def boolean(annotations: Mapping[str, Any], key: str) -> bool | None:
     return True if value == "true" else False if value == "false" else None
 
 
+# The annotations read as one of a few words, and those words.
+WORDS: dict[str, tuple[str, ...]] = {
+    keys.INJECT: ("true", "false"),
+    keys.OVERRIDE: ("true", "false"),
+    keys.MULTI_WORKER: ("true", "false"),
+    keys.MODE: ("audit", "enforce"),
+}
+
+
+def unknown_words(annotations: Mapping[str, Any]) -> list[str]:
+    """A warning for each of WORDS' annotations set to none of its words (then unset, as if
+    absent): `override: "yes"` would otherwise be ignored without a word."""
+    found = []
+    for key, allowed in WORDS.items():
+        raw = annotations.get(key)
+        if raw is not None and word(annotations, key) not in allowed:
+            found.append(f"{key}={raw!r} is not valid ({' or '.join(allowed)}); using the default")
+    return found
+
+
 def status(annotations: Mapping[str, Any]) -> Mapping[str, Obj]:
     """The status annotation an earlier pass wrote, per container; empty when absent or bad."""
     raw = annotations.get(keys.STATUS)

@@ -17,7 +17,7 @@ from typing import Literal
 import orjson
 
 from webhook.core import keys
-from webhook.core.annotations import annotations_of, boolean, word
+from webhook.core.annotations import annotations_of, boolean, unknown_words, word
 from webhook.core.annotations import status as status_of
 from webhook.core.detection import (
     NotTarget,
@@ -196,6 +196,7 @@ def decide(
 
     policy, more = pod_policy(options, annotations)
     warnings += more
+    warnings += unknown_words(annotations)
     located = _locate(pod)
     env_context = EnvContext(
         previous=status_of(annotations),
@@ -351,8 +352,8 @@ def _wanted(
         )
     if count > 1 and profile.cli_workers_only and not _started_by_cli(target) and not multi:
         warnings.append(
-            f"container {target.name!r}: {profile.name} not run by its CLI: {count} -> 1 worker "
-            f"(run(app) exits above 1); opt in: {keys.MULTI_WORKER}"
+            f"container {target.name!r}: {profile.name} not run by its CLI: 1 worker, not {count}; "
+            f"opt in: {keys.MULTI_WORKER}"  # 120 characters: names up to 17
         )
         count = 1
     if not profile.env and not sets_workers_itself(profile, target.server):
@@ -426,5 +427,6 @@ def _clean(warnings: list[str]) -> list[str]:
     out = []
     for w in dict.fromkeys(warnings):
         if w:
-            out.append(w if len(w) <= MAX_WARNING else w[: MAX_WARNING - 1] + "…")
+            # Plain strings: a reason may be a str subclass (InvalidValue), which YAML can't write.
+            out.append(str(w) if len(w) <= MAX_WARNING else w[: MAX_WARNING - 1] + "…")
     return out

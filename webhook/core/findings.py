@@ -28,7 +28,7 @@ KINDS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = tuple(
         (
             "annotation",
             r" names no active profile| which is not a container of this pod"
-            r"| is not valid; using the default| is above max-workers",
+            r"| is not valid(?: \([a-z ]+\))?; using the default| is above max-workers",
         ),
     )
 )
