@@ -22,12 +22,12 @@ from tests.servers import (
 from webhook.certificates.authority import build_ca, build_leaf
 
 
-def serve(*args: str, workers: int = 1) -> subprocess.CompletedProcess[str]:
+def serve(*args: str, workers: int = 1, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*cli_command(), "serve", "--host", LOOPBACK, "--no-registry", "--log-format", "text",
          *args],
-        env=clean_env(WEB_CONCURRENCY=str(workers)), capture_output=True, text=True, timeout=60,
-        check=False,
+        env=clean_env(WEB_CONCURRENCY=str(workers), **env), capture_output=True, text=True,
+        timeout=60, check=False,
     )
 
 
@@ -99,13 +99,48 @@ def test_in_cluster_features_outside_a_cluster_exit_with_a_message(
     extra = {"CONCURRENCY_INJECTOR_READ_CONFIGMAPS": "true"}
     if kubeconfig:
         extra["CONCURRENCY_INJECTOR_KUBECONFIG"] = kubeconfig
-    done = subprocess.run(
-        [*cli_command(), "serve", "--host", LOOPBACK, "--no-registry", "--log-format", "text",
-         "--cert-file", str(pki.cert_file), "--key-file", str(pki.key_file),
-         "--port", str(free_port())],
-        env=clean_env(WEB_CONCURRENCY="1", **extra), capture_output=True, text=True, timeout=60,
-        check=False,
-    )
+    done = serve("--cert-file", str(pki.cert_file), "--key-file", str(pki.key_file),
+                 "--port", str(free_port()), **extra)
+    assert done.returncode == code, done
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "https://127.0.0.1:{port}", insecure-skip-tls-verify: true}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
+current-context: x
+"""
+SELF_MANAGED = {
+    "CONCURRENCY_INJECTOR_TLS_SELF_MANAGED": "true",
+    "CONCURRENCY_INJECTOR_NAMESPACE": "ci",
+    "CONCURRENCY_INJECTOR_TLS_SECRET": "ci-tls",
+    "CONCURRENCY_INJECTOR_WEBHOOK_CONFIG": "ci-webhook",
+    "CONCURRENCY_INJECTOR_SERVICE_NAME": "ci",
+}
+
+
+@pytest.mark.parametrize(
+    ("missing", "code", "message"),
+    [(None, 3, "self-managed TLS (Secret ci/ci-tls, ci-webhook): cannot reach the API server"),
+     ("CONCURRENCY_INJECTOR_NAMESPACE", 2,
+      "self-managed TLS needs CONCURRENCY_INJECTOR_NAMESPACE")],
+    ids=["api-server-unreachable", "setting-missing"],
+)
+def test_self_managed_tls_that_cannot_start_exits_with_a_message(
+    tmp_path: Path, missing: str | None, code: int, message: str
+) -> None:
+    """A setting it needs is input (2); an API server it cannot reach, the environment (3)."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG.format(port=free_port()))  # nothing listens there
+    extra = {**SELF_MANAGED, "CONCURRENCY_INJECTOR_KUBECONFIG": str(kubeconfig)}
+    if missing:
+        del extra[missing]
+    done = serve("--cert-file", str(tmp_path / "tls.crt"), "--key-file", str(tmp_path / "tls.key"),
+                 "--port", str(free_port()), **extra)
     assert done.returncode == code, done
     assert message in done.stderr
     assert "Traceback" not in done.stderr

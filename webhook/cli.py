@@ -145,9 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mutate.add_argument("--mode", choices=["enforce", "audit"], help="patch pods, or only report")
     _registry_flags(mutate)
-    for command in (serve, mutate):
-        name_variables(command)
     survey_command.add_parsers(commands, _registry_flags)
+    for command in (serve, mutate, commands.choices["explain"], commands.choices["survey"]):
+        name_variables(command)
     selftest.add_parser(commands)
     native_command.add_parser(commands)
     return parser

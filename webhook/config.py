@@ -19,7 +19,6 @@ from webhook.core.options import (
     ENV_FROM_UNKNOWN,
     MODES,
     ROUNDINGS,
-    EnvFromUnknown,
     Options,
     Policy,
     parse_positive_quantity,
@@ -56,9 +55,6 @@ class Settings(Policy):
     # Runtime profiles (webhook/core/profiles.py): more or replaced ones (YAML or JSON), names off.
     extra_profiles: str = ""
     disabled_profiles: tuple[str, ...] = ()
-    # The worker variable of a container whose envFrom Secret (or unreadable ConfigMap) might
-    # set it: `skip` it with a warning, or `set` it with a warning.
-    env_from_unknown: EnvFromUnknown = "skip"
     # Image metadata from registries.
     no_registry: bool = False
     insecure_registry: tuple[str, ...] = ()

@@ -95,7 +95,7 @@ def test_selftest_fails_and_says_why_when_the_service_cannot_be_reached(
             lambda: (d := selftest(args, kubeconfig)).returncode != 0 and d,
             what="the API server to fail calling the webhook",
         )
-    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.returncode == 3, done.stdout + done.stderr
     for cause in CAUSES:
         assert cause in done.stderr, (cause, done.stderr)
     assert "the caBundle in MutatingWebhookConfiguration ci-concurrency-injector does not" in (
@@ -124,7 +124,7 @@ def test_selftest_fails_when_the_ca_bundle_is_wrong(
         done = selftest(args, kubeconfig)
     finally:
         cluster.kubectl("delete", "mutatingwebhookconfiguration", name)
-    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.returncode == 3, done.stdout + done.stderr
     for cause in CAUSES:
         assert cause in done.stderr, (cause, done.stderr)
     assert base64.b64decode(config["webhooks"][0]["clientConfig"]["caBundle"]) != webhook.ca
@@ -136,7 +136,7 @@ def test_selftest_names_an_unlabelled_namespace_when_it_may_read_it(
     """With credentials that may read the namespace (here the admin's), the label is checked."""
     namespace = cluster.namespace()
     done = selftest(["selftest", f"--namespace={namespace}"], cluster.kubeconfig)
-    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.returncode == 3, done.stdout + done.stderr
     first = done.stderr.split("Likely causes:\n", 1)[1].splitlines()[0]
     assert first == f"  - namespace {namespace} is not labelled concurrency-injector.io/enabled=true"
 

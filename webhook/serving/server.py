@@ -13,6 +13,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -71,7 +72,10 @@ def serve(settings: Settings, environ: MutableMapping[str, str] | None = None) -
         # A kubeconfig the user named is input; no service account means not in a cluster.
         return EXIT_INPUT if settings.kubeconfig else EXIT_ENVIRONMENT
     if settings.tls_self_managed:
-        prepare_self_managed(settings)
+        failed = prepare_self_managed(settings)
+        if failed is not None:
+            log.error(failed.message)
+            return failed.exit_code
     problem = tls.pair_problem(settings.cert_file, settings.key_file)
     if problem:
         log.error(problem)
@@ -175,17 +179,50 @@ def _forward_sigterm(supervisor: Multiprocess) -> None:
     signal.signal(signal.SIGTERM, forward)
 
 
-def prepare_self_managed(settings: Settings) -> None:
+@dataclass(frozen=True)
+class StartFailure:
+    message: str
+    exit_code: int
+
+
+def prepare_self_managed(settings: Settings) -> StartFailure | None:
     """Self-managed TLS: sync the Secret and caBundle and write the serving pair before binding.
 
     An API error here stops start-up (the pod restarts) rather than serving a certificate the
     API server does not trust; after start-up each worker keeps it current (see app lifespan).
+    A missing setting is bad input; a refusal or an unreachable API server is the environment.
     """
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
     from webhook.certificates import selfmanaged
 
-    target = selfmanaged.Target.from_settings(settings)
-    core, admission = selfmanaged.in_cluster_apis(settings.kubeconfig)
-    selfmanaged.ensure_certificates(core, admission, target=target)
+    try:
+        target = selfmanaged.Target.from_settings(settings)
+    except ValueError as exc:
+        return StartFailure(str(exc), EXIT_INPUT)
+    where = f"Secret {target.namespace}/{target.secret_name}, {target.webhook_config}"
+    try:
+        core, admission = selfmanaged.in_cluster_apis(settings.kubeconfig)
+        selfmanaged.ensure_certificates(core, admission, target=target)
+    except ApiException as exc:
+        return StartFailure(
+            f"self-managed TLS ({where}): the API server answered HTTP {exc.status} {exc.reason}",
+            EXIT_ENVIRONMENT,
+        )
+    except HTTPError as exc:  # refused, DNS, TLS, timeouts
+        return StartFailure(
+            f"self-managed TLS ({where}): cannot reach the API server: {_brief(exc)}",
+            EXIT_ENVIRONMENT,
+        )
+    except OSError as exc:  # the serving pair could not be written
+        return StartFailure(f"self-managed TLS ({where}): {_brief(exc)}", EXIT_ENVIRONMENT)
+    return None
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 EXAMPLE_REVIEW = {
