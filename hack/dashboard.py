@@ -95,9 +95,10 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 [("{{kind}}", _rate("concurrency_injector_warnings_total", "kind"))],
             ),
             (
-                "Internal errors (pods admitted unpatched)",
+                "Internal errors, by stage",
                 "ops",
-                "Each error admitted a pod unpatched (fail-open).",
+                "mutate: a pod admitted unpatched (fail-open); resize: a resize allowed without a "
+                "check; registry, configmaps: a lookup failed and the pod was decided without it.",
                 [("{{stage}}", _rate("concurrency_injector_errors_total", "stage"))],
             ),
             (

@@ -279,8 +279,9 @@ def test_alert_rules(
                                 "exp_annotations": {
                                     "summary": "concurrency-injector had 1 internal errors in 10 minutes",
                                     "description": (
-                                        "Pods were admitted without WEB_CONCURRENCY. See the "
-                                        "webhook's logs."
+                                        "A pod admitted unpatched (stage mutate), or a registry "
+                                        "or ConfigMap lookup that failed (the pod was decided "
+                                        "without it). See the webhook's logs."
                                     ),
                                 },
                             }
