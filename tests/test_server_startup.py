@@ -125,7 +125,8 @@ SELF_MANAGED = {
 
 @pytest.mark.parametrize(
     ("missing", "code", "message"),
-    [(None, 3, "self-managed TLS (Secret ci/ci-tls, ci-webhook): cannot reach the API server"),
+    [(None, 3, "self-managed TLS (Secret ci/ci-tls, MutatingWebhookConfiguration ci-webhook): "
+               "cannot reach the API server"),
      ("CONCURRENCY_INJECTOR_NAMESPACE", 2,
       "self-managed TLS needs CONCURRENCY_INJECTOR_NAMESPACE")],
     ids=["api-server-unreachable", "setting-missing"],

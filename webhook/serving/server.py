@@ -201,7 +201,10 @@ def prepare_self_managed(settings: Settings) -> StartFailure | None:
         target = selfmanaged.Target.from_settings(settings)
     except ValueError as exc:
         return StartFailure(str(exc), EXIT_INPUT)
-    where = f"Secret {target.namespace}/{target.secret_name}, {target.webhook_config}"
+    where = (
+        f"Secret {target.namespace}/{target.secret_name}, "
+        f"MutatingWebhookConfiguration {target.webhook_config}"
+    )
     try:
         core, admission = selfmanaged.in_cluster_apis(settings.kubeconfig)
         selfmanaged.ensure_certificates(core, admission, target=target)
