@@ -22,12 +22,14 @@ from tests.servers import (
 from webhook.certificates.authority import build_ca, build_leaf
 
 
-def serve(*args: str, workers: int = 1, **env: str) -> subprocess.CompletedProcess[str]:
+def serve(
+    *args: str, workers: int = 1, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*cli_command(), "serve", "--host", LOOPBACK, "--no-registry", "--log-format", "text",
          *args],
-        env=clean_env(WEB_CONCURRENCY=str(workers), **env), capture_output=True, text=True,
-        timeout=60, check=False,
+        env=clean_env(WEB_CONCURRENCY=str(workers), **(env or {})), capture_output=True,
+        text=True, timeout=60, check=False,
     )
 
 
@@ -100,7 +102,7 @@ def test_in_cluster_features_outside_a_cluster_exit_with_a_message(
     if kubeconfig:
         extra["CONCURRENCY_INJECTOR_KUBECONFIG"] = kubeconfig
     done = serve("--cert-file", str(pki.cert_file), "--key-file", str(pki.key_file),
-                 "--port", str(free_port()), **extra)
+                 "--port", str(free_port()), env=extra)
     assert done.returncode == code, done
     assert message in done.stderr
     assert "Traceback" not in done.stderr
@@ -141,7 +143,7 @@ def test_self_managed_tls_that_cannot_start_exits_with_a_message(
     if missing:
         del extra[missing]
     done = serve("--cert-file", str(tmp_path / "tls.crt"), "--key-file", str(tmp_path / "tls.key"),
-                 "--port", str(free_port()), **extra)
+                 "--port", str(free_port()), env=extra)
     assert done.returncode == code, done
     assert message in done.stderr
     assert "Traceback" not in done.stderr
