@@ -173,7 +173,7 @@ def test_opted_out_pod_gets_no_patch() -> None:
     ],
 )
 def test_an_unknown_word_is_warned_and_the_default_used(key: str, value: str, words: str) -> None:
-    user = [{"name": "WEB_CONCURRENCY", "value": "7"}]  # kept unless override is true
+    user = [{"name": "WEB_CONCURRENCY", "value": "1"}]  # kept unless override is true
     plain = pod(gunicorn(env=user), annotations={})
     annotated = pod(gunicorn(env=user), annotations={f"concurrency-injector.io/{key}": value})
     decision = decide(annotated, Settings().options)
@@ -210,6 +210,28 @@ def test_user_env_wins(user: dict[str, Any]) -> None:
     out = applied(p)
     assert env_of(out) == [user, cpu_limit_env("web"), pcc("2")]
     assert json.loads(out["metadata"]["annotations"][STATUS])["web"]["kept"] == ["WEB_CONCURRENCY"]
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value", "warned"),
+    [
+        (["gunicorn", "app:app"], "WEB_CONCURRENCY", "9", True),
+        (["gunicorn", "app:app"], "WEB_CONCURRENCY", "2", False),  # at the limit
+        (["gunicorn", "app:app"], "WEB_CONCURRENCY", "many", False),  # not a count
+        (["granian", "app:app"], "GRANIAN_WORKERS", " 9 ", True),
+    ],
+)
+def test_a_kept_worker_count_above_the_cpu_limit_is_warned(
+    command: list[str], variable: str, value: str, warned: bool
+) -> None:
+    """The user's value stays (never replaced), and a count above the limit is said, as for a
+    worker flag above it."""
+    p = pod(container("web", command=command, cpu="2", env=[{"name": variable, "value": value}]))
+    decision = decide(p, Settings().options)
+    assert decision.containers[0].kept == (variable,)
+    expected = [f"container 'web': {variable}={value.strip()} in env is above the CPU limit (2)"]
+    assert decision.warnings == (expected if warned else [])
+    assert all(kind_of(w) == "above-cpu-limit" for w in decision.warnings)
 
 
 def test_override_annotation_replaces_user_env_in_place() -> None:

@@ -35,7 +35,7 @@ from webhook.core.env import (
     remove_own,
     unread_warnings,
 )
-from webhook.core.flags import flag_warnings, sets_workers_itself, threads_of
+from webhook.core.flags import flag_warnings, kept_warnings, sets_workers_itself, threads_of
 from webhook.core.once import once
 from webhook.core.options import Options
 from webhook.core.patch import ArrayEdit, Path, op
@@ -232,6 +232,7 @@ def decide(
         warnings += unread_warnings(target.name, result.unread_names, result.set)
         cpu = wanted.cpu.value if wanted.cpu is not None else None
         warnings += flag_warnings(target.name, profile, target.server, env, cpu=cpu)
+        warnings += kept_warnings(target.name, profile, result.kept, env, cpu=cpu)
 
     status = orjson.dumps({r.name: r.status() for r in results}, option=orjson.OPT_SORT_KEYS)
     injected = [r for r in results if r.set]

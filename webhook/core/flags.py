@@ -100,6 +100,27 @@ def flag_warnings(
     return warnings
 
 
+def kept_warnings(
+    name: str,
+    profile: Profile,
+    kept: tuple[str, ...],
+    env: Mapping[str, str],
+    *,
+    cpu: Decimal | None,
+) -> list[str]:
+    """A worker variable the pod sets itself (kept: the webhook never replaces it) to a count
+    above the CPU limit: the same finding as a worker flag above it."""
+    warnings = []
+    for variable in profile.env:
+        value = env.get(variable)
+        if variable in kept and value is not None and _above(value.strip(), cpu):
+            warnings.append(
+                f"container {name!r}: {variable}={value.strip()[:20]} in env "
+                f"is{_above(value.strip(), cpu)[1:]}"
+            )
+    return warnings
+
+
 def threads_of(
     profile: Profile, server: ServerCommand | None, env: Mapping[str, str]
 ) -> str | None:
