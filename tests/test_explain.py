@@ -214,7 +214,18 @@ def test_bad_input_exits_2_naming_the_object(tmp_path: Path) -> None:
     code, out, err = explain(source)
     assert code == 2
     assert out == ""
-    assert "Deployment web has no spec.template" in err
+    assert f"{source}: document 1: Deployment web has no spec.template" in err
+
+
+def test_a_pod_of_the_wrong_shape_exits_2_naming_the_file(tmp_path: Path) -> None:
+    source = tmp_path / "bad.yaml"
+    source.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ns}\n"
+        "spec: {containers: [{name: web, command: [gunicorn, 5]}]}\n"
+    )
+    code, out, err = explain(source)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"concurrency-injector: {source}: Pod ns/p: "), err
 
 
 def test_lists_and_admission_reviews_are_explained_by_the_object_they_hold(tmp_path: Path) -> None:

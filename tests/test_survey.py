@@ -229,6 +229,31 @@ def test_table_ends_with_the_totals(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {}\n",
+         "document 1: Deployment web has no spec.template"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ns}\n"
+         "spec: {containers: [{name: web, command: [gunicorn, 5]}]}\n",
+         "Pod ns/p: "),
+    ],
+    ids=["no-template", "bad-command"],
+)
+def test_manifests_that_are_not_workloads_exit_2_naming_the_file(
+    tmp_path: Path, document: str, message: str
+) -> None:
+    """Offline, a bad manifest is bad input (2), not a note; in a cluster one odd object is a
+    note, so it does not hide the rest."""
+    source = tmp_path / "bad.yaml"
+    source.write_text(document)
+    args = build_parser().parse_args(["survey", "-f", str(source), "-o", "json"])
+    out, err = io.StringIO(), io.StringIO()
+    assert command.run(args, Settings(no_registry=True), stdout=out, stderr=err) == 2
+    assert out.getvalue() == ""
+    assert err.getvalue().startswith(f"concurrency-injector: {source}: {message}"), err.getvalue()
+
+
 def test_an_unreachable_cluster_exits_3(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(

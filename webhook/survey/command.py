@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from webhook import logs, wiring
 from webhook.admission.handler import AdmissionHandler
@@ -16,6 +16,8 @@ from webhook.exitcodes import EXIT_ENVIRONMENT, EXIT_INPUT
 from webhook.survey import explain as explaining
 from webhook.survey.cluster import Cluster, Forbidden, Unreachable, connect
 from webhook.workloads import DocumentConfigMaps, InputError
+
+T = TypeVar("T")
 
 
 def add_parsers(commands: Any, registry_flags: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -97,7 +99,7 @@ def run_explain(args: argparse.Namespace, settings: Settings, *, stdout: TextIO)
     if args.filename:
         documents = load_documents(args.filename)
         reader = DocumentConfigMaps(documents)
-        found = list(explaining.workloads(documents))
+        found = _in_file(args.filename, lambda: list(explaining.workloads(documents)))
     else:
         namespace, _, name = str(args.pod).partition("/")
         if not name:
@@ -106,9 +108,21 @@ def run_explain(args: argparse.Namespace, settings: Settings, *, stdout: TextIO)
         pod = cluster.pod(namespace, name)
         reader = cluster_configmaps(cluster)
         found = [explaining.Workload("Pod", namespace, name, pod)]
-    explained = asyncio.run(_explain_all(found, settings, reader))
+
+    def explain_all() -> list[explaining.Explained]:
+        return asyncio.run(_explain_all(found, settings, reader))
+
+    explained = _in_file(args.filename, explain_all) if args.filename else explain_all()
     explaining.write(explained, args.output, stdout)
     return 0
+
+
+def _in_file(filename: str, work: Callable[[], T]) -> T:
+    """`work`, with an InputError's message led by the file it is about (as `mutate` does)."""
+    try:
+        return work()
+    except InputError as exc:
+        raise InputError(f"{filename}: {exc}") from None
 
 
 def cluster_configmaps(cluster: Cluster) -> EnvSourceReader:

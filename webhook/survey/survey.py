@@ -94,6 +94,9 @@ class Surveyor:
     settings: Settings
     summary: Summary = field(default_factory=Summary)
     rows: list[Row] = field(default_factory=list)
+    # Manifests (`-f`): a workload that is not one is bad input, exit 2. A cluster's: a note, so
+    # that one odd object does not hide the rest of the cluster.
+    strict: bool = False
 
     async def add(
         self,
@@ -108,6 +111,8 @@ class Surveyor:
         try:
             answer = await explaining.decide(self.handler, workload)
         except InputError as exc:
+            if self.strict:
+                raise
             self.summary.notes.append(f"skipped: {exc}")
             return
         if answer.decision is None:
@@ -139,7 +144,7 @@ async def survey_documents(
     values = _configmap_values(documents)
     nodes = Nodes(args.node_cpus, "--node-cpus") if args.node_cpus else Nodes(None, "")
     handler = _handler(settings, DocumentConfigMaps(documents))
-    surveyor = Surveyor(handler, settings)
+    surveyor = Surveyor(handler, settings, strict=True)
     try:
         for workload in explaining.workloads(documents):
             found = {
@@ -148,6 +153,8 @@ async def survey_documents(
                 if not ns or not workload.namespace or ns == workload.namespace
             }
             await surveyor.add(workload, ConfigMapValues(found), nodes)
+    except InputError as exc:
+        raise InputError(f"{args.filename}: {exc}") from None
     finally:
         await handler.aclose()
     return surveyor.rows, surveyor.summary
