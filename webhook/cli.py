@@ -12,11 +12,11 @@ from webhook import __version__, selftest
 from webhook.config import ConfigError, Settings, env_name
 from webhook.documents import documents, read_input
 from webhook.exitcodes import EXIT_ENVIRONMENT, EXIT_INPUT, EXIT_OK
-from webhook.mutate import STDIN_NAME, run_mutate
+from webhook.mutate import run_mutate
 from webhook.native import command as native_command
 from webhook.serving import server
 from webhook.survey import command as survey_command
-from webhook.workloads import InputError
+from webhook.workloads import InputError, source_name
 
 # The settings a flag of the same name overrides (the README's settings table lists them all).
 FLAG_SETTINGS = frozenset(
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def load_documents(filename: str) -> list[Any]:
     """Every document of FILE (or `-`), loaded within the input bounds; InputError otherwise."""
-    source = STDIN_NAME if filename == "-" else filename
+    source = source_name(filename)
     found = [d.value for d in documents(read_input(filename, sys.stdin.buffer), source)]
     if not found:
         raise InputError(f"{source} holds no document")

@@ -165,5 +165,11 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
+def brief(exc: BaseException) -> str:
+    """An exception in one short line, for a message (a client error's first line is enough)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
 def get(name: str = "") -> logging.Logger:
     return logging.getLogger(f"{LOGGER}.{name}" if name else LOGGER)

@@ -33,10 +33,16 @@ from webhook.core.patch import prefixed
 from webhook.core.types import Obj
 from webhook.documents import Document, documents, read_input
 from webhook.exitcodes import EXIT_INPUT, EXIT_OK
-from webhook.workloads import DocumentConfigMaps, InputError, namespace_of, object_name, pod_slots
+from webhook.workloads import (
+    DocumentConfigMaps,
+    InputError,
+    namespace_of,
+    object_name,
+    pod_slots,
+    source_name,
+)
 
 SPOOL_BYTES = 16 << 20
-STDIN_NAME = "<stdin>"
 JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
 # libyaml's emitter when installed: the same text as PyYAML's, far faster.
 _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -71,7 +77,7 @@ def run_mutate(
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     logs.setup("warning", "text")
-    source = STDIN_NAME if filename == "-" else filename
+    source = source_name(filename)
     try:
         data = read_input(filename, stdin or sys.stdin.buffer)
         with tempfile.SpooledTemporaryFile(SPOOL_BYTES, mode="w+", encoding="utf-8") as spool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,25 @@ OPTIONAL_TEMPLATE = frozenset({"Rollout"})
 
 class InputError(ValueError):
     """Input that is not something `mutate` can work on; the message names the problem."""
+
+
+STDIN_NAME = "<stdin>"
+
+
+def source_name(filename: str) -> str:
+    """How messages name an input file (`-` is standard input)."""
+    return STDIN_NAME if filename == "-" else filename
+
+
+@contextlib.contextmanager
+def naming_file(filename: str | None) -> Iterator[None]:
+    """An InputError raised inside, with its message led by the file it is about (if any)."""
+    try:
+        yield
+    except InputError as exc:
+        if filename is None:
+            raise
+        raise InputError(f"{source_name(filename)}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -112,12 +112,10 @@ def kept_warnings(
     above the CPU limit: the same finding as a worker flag above it."""
     warnings = []
     for variable in profile.env:
-        value = env.get(variable)
-        if variable in kept and value is not None and _above(value.strip(), cpu):
-            warnings.append(
-                f"container {name!r}: {variable}={value.strip()[:20]} in env "
-                f"is{_above(value.strip(), cpu)[1:]}"
-            )
+        count = env.get(variable, "").strip() if variable in kept else ""
+        above = _above(count, cpu)
+        if above:
+            warnings.append(f"container {name!r}: {variable}={count[:20]} in env is{above[1:]}")
     return warnings
 
 

@@ -215,17 +215,12 @@ def prepare_self_managed(settings: Settings) -> StartFailure | None:
         )
     except HTTPError as exc:  # refused, DNS, TLS, timeouts
         return StartFailure(
-            f"self-managed TLS ({where}): cannot reach the API server: {_brief(exc)}",
+            f"self-managed TLS ({where}): cannot reach the API server: {logs.brief(exc)}",
             EXIT_ENVIRONMENT,
         )
     except OSError as exc:  # the serving pair could not be written
-        return StartFailure(f"self-managed TLS ({where}): {_brief(exc)}", EXIT_ENVIRONMENT)
+        return StartFailure(f"self-managed TLS ({where}): {logs.brief(exc)}", EXIT_ENVIRONMENT)
     return None
-
-
-def _brief(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 EXAMPLE_REVIEW = {

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from webhook import logs
 from webhook.core.types import Obj
 
 PAGE_SIZE = 500
@@ -102,7 +103,7 @@ class Cluster:
             # e.g. 410 Gone: a list's continue token expired on a very large cluster
             raise Unreachable(f"the API server answered HTTP {exc.status} {exc.reason}") from None
         except Exception as exc:  # connection refused, DNS, TLS, timeouts
-            raise Unreachable(f"cannot reach the cluster: {_brief(exc)}") from None
+            raise Unreachable(f"cannot reach the cluster: {logs.brief(exc)}") from None
         value = orjson.loads(response.data)
         return value if isinstance(value, dict) else {}
 
@@ -194,8 +195,3 @@ class Progress:
     def done(self) -> None:
         self.stream.write("\r\033[K")
         self.stream.flush()
-
-
-def _brief(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
 from webhook import logs, wiring
 from webhook.admission.handler import AdmissionHandler
@@ -15,9 +15,7 @@ from webhook.config import Settings
 from webhook.exitcodes import EXIT_ENVIRONMENT, EXIT_INPUT
 from webhook.survey import explain as explaining
 from webhook.survey.cluster import Cluster, Forbidden, Unreachable, connect
-from webhook.workloads import DocumentConfigMaps, InputError
-
-T = TypeVar("T")
+from webhook.workloads import DocumentConfigMaps, InputError, naming_file
 
 
 def add_parsers(commands: Any, registry_flags: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -99,7 +97,8 @@ def run_explain(args: argparse.Namespace, settings: Settings, *, stdout: TextIO)
     if args.filename:
         documents = load_documents(args.filename)
         reader = DocumentConfigMaps(documents)
-        found = _in_file(args.filename, lambda: list(explaining.workloads(documents)))
+        with naming_file(args.filename):
+            found = list(explaining.workloads(documents))
     else:
         namespace, _, name = str(args.pod).partition("/")
         if not name:
@@ -108,21 +107,10 @@ def run_explain(args: argparse.Namespace, settings: Settings, *, stdout: TextIO)
         pod = cluster.pod(namespace, name)
         reader = cluster_configmaps(cluster)
         found = [explaining.Workload("Pod", namespace, name, pod)]
-
-    def explain_all() -> list[explaining.Explained]:
-        return asyncio.run(_explain_all(found, settings, reader))
-
-    explained = _in_file(args.filename, explain_all) if args.filename else explain_all()
+    with naming_file(args.filename):
+        explained = asyncio.run(_explain_all(found, settings, reader))
     explaining.write(explained, args.output, stdout)
     return 0
-
-
-def _in_file(filename: str, work: Callable[[], T]) -> T:
-    """`work`, with an InputError's message led by the file it is about (as `mutate` does)."""
-    try:
-        return work()
-    except InputError as exc:
-        raise InputError(f"{filename}: {exc}") from None
 
 
 def cluster_configmaps(cluster: Cluster) -> EnvSourceReader:

@@ -29,7 +29,7 @@ from webhook.lru import LRU
 from webhook.survey import explain as explaining
 from webhook.survey.cluster import Cluster, Forbidden, Progress, connect
 from webhook.survey.rows import ConfigMapValues, Nodes, Row, Summary, rows_for
-from webhook.workloads import DocumentConfigMaps, InputError, configmap_keys
+from webhook.workloads import DocumentConfigMaps, InputError, configmap_keys, naming_file
 
 # Workload kinds a pod's controller may be, and the kinds they roll up into.
 ROLLED_UP = {"ReplicaSet": "Deployment", "Job": "CronJob"}
@@ -146,15 +146,14 @@ async def survey_documents(
     handler = _handler(settings, DocumentConfigMaps(documents))
     surveyor = Surveyor(handler, settings, strict=True)
     try:
-        for workload in explaining.workloads(documents):
-            found = {
-                name: data
-                for (ns, name), data in values.items()
-                if not ns or not workload.namespace or ns == workload.namespace
-            }
-            await surveyor.add(workload, ConfigMapValues(found), nodes)
-    except InputError as exc:
-        raise InputError(f"{args.filename}: {exc}") from None
+        with naming_file(args.filename):
+            for workload in explaining.workloads(documents):
+                found = {
+                    name: data
+                    for (ns, name), data in values.items()
+                    if not ns or not workload.namespace or ns == workload.namespace
+                }
+                await surveyor.add(workload, ConfigMapValues(found), nodes)
     finally:
         await handler.aclose()
     return surveyor.rows, surveyor.summary
